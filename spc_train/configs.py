@@ -1,0 +1,341 @@
+"""Recipe sections as thin dataclasses, parsed from a sectioned YAML file by TRL's `TrlParser`.
+
+A recipe is a YAML mapping of sections (`seed`, `model`, `judge`, `personas`, `generation`, `critic`, `training`,
+`loop`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own `TrlParser`, so a typo is
+reported with the key *and* the section it sits in, and any field can be overridden on the command line as
+`--section.field value` (or `--field value` when the name is unique across sections).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class SeedConfig:
+    """Where the seed conversations come from (few-shot pool at iteration 0, seed pairs, evaluation reference)."""
+
+    path: str | None = field(
+        default=None,
+        metadata={"help": "Seed data: SPC CSV, Persona-Chat txt, JSONL(.gz), a saved `datasets` folder, or a Hub id."},
+    )
+    format: str | None = field(
+        default=None,
+        metadata={"help": "One of spc-csv, personachat, jsonl, dataset, hub. Guessed from the path when not set."},
+    )
+    split: str | None = field(default=None, metadata={"help": "Split to read from a DatasetDict folder or Hub id."})
+    max_conversations: int | None = field(
+        default=None, metadata={"help": "Keep only the first N well-formed seed conversations."}
+    )
+    strict: bool = field(default=False, metadata={"help": "Fail on malformed seed rows instead of reporting them."})
+    normalize_names: bool = field(
+        default=False, metadata={"help": "Rewrite name placeholders like `[user 1's name]` to one canonical form."}
+    )
+
+
+@dataclass
+class ModelSpec:
+    """One model role (generator, judge, classifiers). Hub ids and local paths load through the same code."""
+
+    name_or_path: str | None = field(default=None, metadata={"help": "Hub model id or local folder."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel, e.g. sdpa, eager, flash_attention_2."}
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base weights in 4-bit NF4 (bitsandbytes)."})
+    adapter: str | None = field(default=None, metadata={"help": "A PEFT adapter (folder or Hub id) to load on top."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the model repository (opt-in)."}
+    )
+
+
+@dataclass
+class GeneratorConfig(ModelSpec):
+    """The generator, and the LoRA adapter that SFT trains on it (TRL `ModelConfig` naming)."""
+
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt; None lets PEFT pick the architecture's defaults."}
+    )
+
+
+@dataclass
+class JudgeConfig(ModelSpec):
+    """The LLM that the critic's experts prompt. Unset `name_or_path` means the generator, as in the paper."""
+
+
+@dataclass
+class PersonasConfig:
+    """Users and their pairing. For now pairs come from the seed conversations (`source: seed`)."""
+
+    source: str = field(default="seed", metadata={"help": "Where user pairs come from: `seed` reuses seed pairs."})
+    num_pairs: int | None = field(default=None, metadata={"help": "Number of user pairs to generate for."})
+
+
+@dataclass
+class GenerationArguments:
+    """Sampling candidate conversations (paper: top-k 40, temperature 0.7)."""
+
+    num_candidates: int = field(default=4, metadata={"help": "Candidate conversations sampled per user pair."})
+    few_shot_examples: int = field(
+        default=5, metadata={"help": "Example conversations in the paper's few-shot prompt (paper: 5)."}
+    )
+    zero_shot_with_adapter: bool = field(
+        default=True,
+        metadata={"help": "Prompt a fine-tuned generator zero-shot (instruction + profiles), as it was trained."},
+    )
+    max_new_tokens: int = field(default=768, metadata={"help": "Most tokens generated per candidate."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)."})
+    top_k: int = field(default=40, metadata={"help": "Top-k sampling (paper: 40)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling; 1.0 disables it."})
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Prompt budget; examples are dropped to fit. Default: context length - max_new_tokens."},
+    )
+    batch_tokens: int = field(
+        default=32768, metadata={"help": "Token budget of one generate batch (prompt + new tokens, all sequences)."}
+    )
+    shard_size: int = field(default=64, metadata={"help": "User pairs per shard, the unit of resume."})
+    min_turns: int = field(default=4, metadata={"help": "A candidate parses when it has at least this many turns."})
+
+
+@dataclass
+class CriticConfig:
+    """The critic's experts (a registry keyed by name) and the selection rule."""
+
+    experts: list[str] = field(
+        default_factory=lambda: [
+            "faithfulness",
+            "toxicity",
+            "depth",
+            "coherency",
+            "consistency",
+            "diversity",
+            "likable",
+        ],
+        metadata={"help": "Experts to run, by registry name (faithfulness, toxicity, and the FED policies)."},
+    )
+    faithfulness_threshold: float = field(
+        default=0.5, metadata={"help": "A candidate fails when P(contradiction) is at least this."}
+    )
+    toxicity_threshold: float = field(
+        default=0.5, metadata={"help": "A candidate fails when P(toxic) is at least this."}
+    )
+    toxicity_model: str | None = field(
+        default=None, metadata={"help": "A sequence classifier for toxicity; unset asks the judge LLM instead."}
+    )
+    judge_context: int | None = field(
+        default=None,
+        metadata={"help": "Judge context in tokens; longer prompts are truncated in the middle (logged)."},
+    )
+    batch_tokens: int = field(default=32768, metadata={"help": "Token budget of one judge forward pass."})
+
+
+@dataclass
+class LoopConfig:
+    """The iteration driver."""
+
+    iterations: int = field(default=3, metadata={"help": "Generator-Critic iterations (paper: 3)."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling, example choice and training."})
+    train: bool = field(default=True, metadata={"help": "LoRA-train the generator on each iteration's selection."})
+    update: str = field(
+        default="continue",
+        metadata={"help": "`continue` the previous adapter on new data, or train a `fresh` one on all selected."},
+    )
+    grow_pool: bool = field(
+        default=True, metadata={"help": "Add selected conversations to the few-shot pool (paper's in-context mode)."}
+    )
+    tiny_models_dir: str | None = field(
+        default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
+    )
+
+
+def _sft_config():
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+SECTIONS: dict[str, Any] = {
+    "seed": SeedConfig,
+    "model": GeneratorConfig,
+    "judge": JudgeConfig,
+    "personas": PersonasConfig,
+    "generation": GenerationArguments,
+    "critic": CriticConfig,
+    "training": None,  # trl.SFTConfig, imported lazily (heavy)
+    "loop": LoopConfig,
+}
+
+# SFTConfig fields not recorded in recipe.yaml: the run's own paths (set by the loop), secrets, deprecated aliases.
+_UNRECORDED_TRAINING_KEYS = {
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "hub_token",
+    "push_to_hub_token",
+    "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be parsed: names the file, section and key."""
+
+
+@dataclass
+class Recipe:
+    seed: SeedConfig
+    model: GeneratorConfig
+    judge: JudgeConfig
+    personas: PersonasConfig
+    generation: GenerationArguments
+    critic: CriticConfig
+    training: Any  # trl.SFTConfig
+    loop: LoopConfig
+    path: str | None = None
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section as plain data: what goes into recipe.yaml and into stage fingerprints."""
+        value = getattr(self, name)
+        if name == "training":
+            return _training_dict(value)
+        return dataclasses.asdict(value)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: self.section(name) for name in SECTIONS}
+
+    def judge_spec(self) -> ModelSpec:
+        """The judge model: the generator's base unless the recipe names another (paper: the same LLM)."""
+        if self.judge.name_or_path:
+            return self.judge
+        base = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelSpec)}
+        return ModelSpec(**{**base, "adapter": None})
+
+
+def _training_dict(args) -> dict[str, Any]:
+    """SFTConfig as YAML-safe data. Not `to_dict()`: that masks every `*_token` field, `eos_token` included."""
+    from enum import Enum
+
+    data = {}
+    for f in dataclasses.fields(args):
+        if not f.init or f.name in _UNRECORDED_TRAINING_KEYS:
+            continue
+        value = getattr(args, f.name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, list):
+            value = [v.value if isinstance(v, Enum) else v for v in value]
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        data[f.name] = value
+    return data
+
+
+def _section_class(name: str):
+    return _sft_config() if name == "training" else SECTIONS[name]
+
+
+def _split_cli(args: list[str], section_flags: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Route `--section.field v` and unambiguous `--field v` overrides to their section's parser."""
+    routed: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    current: list[str] | None = None
+    for token in args:
+        if token.startswith("--"):
+            flag, eq, value = token[2:].partition("=")
+            section, dot, key = flag.partition(".")
+            if dot:
+                if section not in SECTIONS:
+                    raise RecipeError(_unknown("section '{name}'", section, SECTIONS, "the command line"))
+                if key not in section_flags[section]:
+                    raise RecipeError(
+                        _unknown(
+                            "key '{name}' in section '" + section + "'",
+                            key,
+                            section_flags[section],
+                            "the command line",
+                        )
+                    )
+            else:
+                key = flag
+                owners = [name for name, flags in section_flags.items() if key in flags]
+                if not owners:
+                    every = set().union(*section_flags.values())
+                    raise RecipeError(_unknown("option '--{name}'", key, every, "the command line"))
+                if len(owners) > 1:
+                    raise RecipeError(
+                        f"--{key} is a field of several sections ({', '.join(owners)}); "
+                        f"write --{owners[0]}.{key} (or another section) to say which."
+                    )
+                section = owners[0]
+            current = routed[section]
+            current.append(f"--{key}")
+            if eq:
+                current.append(value)
+        elif current is None:
+            raise RecipeError(f"Unexpected argument {token!r}: overrides look like --section.field value.")
+        else:
+            current.append(token)
+    return routed
+
+
+def _unknown(what: str, name: str, known, where: str) -> str:
+    """`what` reads like "key 'x' in section 'y'"; the message adds where and the closest known name."""
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    return f"Unknown {what.format(name=name)} in {where}.{suggestion}"
+
+
+def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML (sections of fields) and apply `--section.field value` overrides."""
+    from trl import TrlParser
+
+    config: dict[str, Any] = {}
+    where = str(path) if path else "the recipe"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"Recipe not found: {path}. Recipes live in recipes/<model>/loop.yaml.")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise RecipeError(f"{path} must hold a YAML mapping of sections ({', '.join(SECTIONS)}).")
+    for name in config:
+        if name not in SECTIONS:
+            raise RecipeError(
+                _unknown("section '{name}'", name, SECTIONS, where) + f" Sections are: {', '.join(SECTIONS)}."
+            )
+
+    parsers = {name: TrlParser([_section_class(name)]) for name in SECTIONS}
+    section_flags = {name: {a.dest for a in parser._actions if a.dest != "help"} for name, parser in parsers.items()}
+    routed = _split_cli(list(overrides or []), section_flags)
+
+    parsed = {}
+    for name, parser in parsers.items():
+        values = config.get(name) or {}
+        if not isinstance(values, dict):
+            raise RecipeError(f"Section '{name}' of {where} must be a mapping of fields, got {values!r}.")
+        unused = [key for key in values if key not in section_flags[name]]
+        if unused:
+            raise RecipeError(
+                _unknown("key '{name}' in section '" + name + "'", unused[0], section_flags[name], where)
+            )
+        parser.set_defaults_with_config(**values)
+        try:
+            (parsed[name],) = parser.parse_args_into_dataclasses(args=routed[name])
+        except (SystemExit, ValueError) as error:
+            raise RecipeError(f"Invalid value in section '{name}' of {where}: {error}") from error
+    return Recipe(**parsed, path=str(path) if path else None)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the fully resolved recipe; `parse_recipe` reads it back to the same values."""
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))

