@@ -1,0 +1,98 @@
+"""Reading a judge's answer from its next-token probabilities: no sampling, no text parsing.
+
+A judge prompt ends where the answer begins; one batched forward pass gives the probability of each answer option
+("Yes"/"No", "1"/"2"). Options are matched to single tokens of the judge's tokenizer, with and without a leading space
+(both are summed), and renormalised over the options. A tokenizer that cannot write an option as one token is an
+error at start-up, never a silent 0.5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class JudgeError(ValueError):
+    """The judge model cannot answer the critic's questions (e.g. an option is not a single token)."""
+
+
+def option_token_ids(tokenizer, option: str) -> list[int]:
+    ids = []
+    for variant in (option, " " + option):
+        encoded = tokenizer.encode(variant, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+    if not ids:
+        raise JudgeError(
+            f"The judge tokenizer ({tokenizer.name_or_path}) has no single token for the answer option {option!r} "
+            "(tried with and without a leading space); choose another judge model."
+        )
+    return sorted(set(ids))
+
+
+@dataclass
+class Judge:
+    """A causal LM used as a judge, with the limits of its batched forward passes."""
+
+    model: object
+    tokenizer: object
+    batch_tokens: int = 32768
+    context: int | None = None
+    truncated: int = 0
+
+    def render(self, question: str) -> str:
+        if self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": question}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return question + "\nAnswer:"
+
+    def _limit(self) -> int | None:
+        return self.context or getattr(self.model.config, "max_position_embeddings", None)
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        """Cut the middle of an over-long prompt: the question's head and the answer cue at the end survive."""
+        limit = self._limit()
+        if limit is None or len(ids) <= limit:
+            return ids
+        self.truncated += 1
+        head = limit // 4
+        return ids[:head] + ids[len(ids) - (limit - head) :]
+
+    @torch.inference_mode()
+    def option_probabilities(self, questions: list[str], options: list[str]) -> list[list[float]]:
+        """P(option) for each question, renormalised over `options`; rows follow `questions`' order."""
+        option_ids = [option_token_ids(self.tokenizer, option) for option in options]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        encoded = [self._fit(self.tokenizer(self.render(q), add_special_tokens=False)["input_ids"]) for q in questions]
+        before = self.truncated
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[list[float]] = [[] for _ in questions]
+        start = 0
+        while start < len(order):
+            width = len(encoded[order[start]])
+            size = max(1, self.batch_tokens // max(width, 1))
+            batch = order[start : start + size]
+            start += size
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids = encoded[index]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            device = self.model.device
+            logits = self.model(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device)
+            ).logits[:, -1, :]
+            probs = logits.float().softmax(-1)
+            mass = torch.stack([probs[:, ids].sum(-1) for ids in option_ids], dim=-1)
+            mass = mass / mass.sum(-1, keepdim=True).clamp(min=1e-12)
+            for row, index in enumerate(batch):
+                results[index] = mass[row].tolist()
+        if self.truncated > before:
+            logger.warning("Truncated %d judge prompts to the judge context.", self.truncated - before)
+        return results

@@ -1,0 +1,149 @@
+"""The `generate` stage: n candidate conversations per user pair, written shard by shard.
+
+Shards (groups of pairs) are the unit of resume and of data parallelism: under `accelerate launch` process p takes
+shards p, p + world, ...; a shard file is written atomically when done, so a killed run redoes only missing shards.
+Few-shot examples are drawn per pair from a generator seeded by (seed, iteration, pair id), so a pair's prompt does not
+depend on which process or shard handles it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data.conversation import parse_conversation
+from .engine import sample_conversations
+from .prompts import generator_prompt, render
+
+logger = logging.getLogger(__name__)
+
+
+def pick_examples(pool: list[dict], pair: dict, k: int, seed: int, iteration: int) -> list[dict]:
+    """k pool conversations for this pair, never the pair's own conversation."""
+    if k <= 0:
+        return []
+    rng = random.Random(f"{seed}-{iteration}-{pair['pair_id']}")
+    others = [i for i, record in enumerate(pool) if record["pair_id"] != pair["pair_id"]]
+    return [pool[i] for i in rng.sample(others, min(k, len(others)))]
+
+
+def fit_prompt(tokenizer, pair: dict, examples: list[dict], budget: int | None) -> tuple[str, int]:
+    """The rendered prompt with as many examples as fit the budget; examples go first, never the target pair."""
+    while True:
+        text = render(tokenizer, generator_prompt(pair, examples))
+        if budget is None or not examples or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget:
+            return text, len(examples)
+        examples = examples[:-1]
+
+
+def parse_candidate(text: str, min_turns: int) -> dict:
+    parsed = parse_conversation(text)
+    speakers = {turn["speaker"] for turn in parsed.turns}
+    ok = len(parsed.turns) >= min_turns and speakers == {1, 2}
+    return {"turns": parsed.turns, "parsed": ok, "skipped_lines": len(parsed.skipped)}
+
+
+def _write_shard(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_shards(shards_dir: Path, num_shards: int) -> list[dict] | None:
+    """All candidates in pair order, or None while a shard is missing."""
+    rows: list[dict] = []
+    for index in range(num_shards):
+        path = shards_dir / f"shard-{index:05d}.jsonl"
+        if not path.exists():
+            return None
+        rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return rows
+
+
+def generate_shards(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    pool: list[dict],
+    shards_dir: Path,
+    *,
+    args,
+    seed: int,
+    iteration: int,
+    few_shot_examples: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> dict:
+    """Generate this process's missing shards into `shards_dir`; returns statistics of the work done."""
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    num_shards = max(1, -(-len(pairs) // args.shard_size))
+    mine = [i for i in range(num_shards) if i % num_processes == process_index]
+    todo = [i for i in mine if not (shards_dir / f"shard-{i:05d}.jsonl").exists()]
+    if len(todo) < len(mine):
+        logger.info("Resuming generation: %d of %d shards already written.", len(mine) - len(todo), len(mine))
+    context = getattr(model.config, "max_position_embeddings", None)
+    budget = args.max_prompt_tokens or (context - args.max_new_tokens if context else None)
+    generation_kwargs = {
+        "do_sample": True,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    stats = {"shards_generated": len(todo), "examples_dropped": 0, "new_tokens": 0}
+    total_pairs = sum(len(pairs[i * args.shard_size : (i + 1) * args.shard_size]) for i in todo)
+    start = time.perf_counter()
+    with tqdm(total=total_pairs, desc=f"iter-{iteration:02d} generate", unit="pair", disable=total_pairs == 0) as bar:
+        for shard in todo:
+            shard_pairs = pairs[shard * args.shard_size : (shard + 1) * args.shard_size]
+            prompts, shots = [], []
+            for pair in shard_pairs:
+                examples = pick_examples(pool, pair, few_shot_examples, seed, iteration)
+                text, used = fit_prompt(tokenizer, pair, examples, budget)
+                stats["examples_dropped"] += len(examples) - used
+                prompts.append(text)
+                shots.append(used)
+            samples = sample_conversations(
+                model,
+                tokenizer,
+                prompts,
+                [pair["pair_id"] for pair in shard_pairs],
+                n=args.num_candidates,
+                generation_kwargs=generation_kwargs,
+                batch_tokens=args.batch_tokens,
+                seed=seed + iteration,
+                progress=bar,
+            )
+            rows = []
+            for pair, used, pair_samples in zip(shard_pairs, shots, samples):
+                for index, sample in enumerate(pair_samples):
+                    rows.append(
+                        {
+                            "pair_id": pair["pair_id"],
+                            "user1_persona": pair["user1_persona"],
+                            "user2_persona": pair["user2_persona"],
+                            "candidate": index,
+                            "text": sample.text,
+                            **parse_candidate(sample.text, args.min_turns),
+                            "num_tokens": sample.num_tokens,
+                            "finish_reason": sample.finish_reason,
+                            "few_shot_examples": used,
+                            "iteration": iteration,
+                            "source": f"generated:iter-{iteration:02d}",
+                        }
+                    )
+                    stats["new_tokens"] += sample.num_tokens
+            _write_shard(shards_dir / f"shard-{shard:05d}.jsonl", rows)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(candidates=len(rows), tok_s=f"{stats['new_tokens'] / elapsed:.0f}")
+    if stats["examples_dropped"]:
+        logger.warning("Dropped %d few-shot examples to fit prompts in %s tokens.", stats["examples_dropped"], budget)
+    return {**stats, "num_shards": num_shards}

@@ -1,0 +1,124 @@
+"""Batched sampling with plain `transformers.generate`: no vLLM.
+
+Prompts are sorted by length and packed into batches under a token budget (prompt + new tokens, all sequences), left
+padded, and each prompt is encoded once and sampled `n` times with `num_return_sequences`. Every batch is seeded from
+its first prompt's key, so a batch's samples do not depend on what ran before it (resume equals an uninterrupted run).
+Out of memory halves the batch and retries; no prompt is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (end-of-turn token) or "length" (max_new_tokens reached)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the generation config's eos ids, the tokenizer's eos, and a chat end marker if it has one."""
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.update([configured] if isinstance(configured, int) else configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def batch_seed(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
+
+
+def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each within `batch_tokens` once padded and sampled n times."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = max([lengths[i] for i in current] + [lengths[index]]) + max_new_tokens
+        if current and width * n * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.inference_mode()
+def _generate(model, tokenizer, prompts: list[str], n: int, generation_kwargs: dict, stop_ids: list[int]):
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    output = model.generate(
+        **encoded,
+        num_return_sequences=n,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        **generation_kwargs,
+    )
+    new_tokens = output[:, encoded["input_ids"].shape[1] :]
+    samples = []
+    for row in new_tokens.tolist():
+        stop_at = next((i for i, token in enumerate(row) if token in stop_ids), None)
+        kept = row if stop_at is None else row[:stop_at]
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        samples.append(
+            Sample(text=text.strip(), num_tokens=len(kept), finish_reason="length" if stop_at is None else "stop")
+        )
+    return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def sample_conversations(
+    model,
+    tokenizer,
+    prompts: list[str],
+    keys: list[str],
+    *,
+    n: int,
+    generation_kwargs: dict,
+    batch_tokens: int,
+    seed: int,
+    progress: tqdm | None = None,
+) -> list[list[Sample]]:
+    """n samples per rendered prompt, in the prompts' order. `keys` name the prompts (pair ids) for seeding."""
+    tokenizer.padding_side = "left"
+    stop_ids = stop_token_ids(model, tokenizer)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    max_new = generation_kwargs.get("max_new_tokens", 256)
+    results: list[list[Sample] | None] = [None] * len(prompts)
+    pending = plan_batches(lengths, max_new, n, batch_tokens)
+    while pending:
+        batch = pending.pop(0)
+        torch.manual_seed(batch_seed(seed, keys[batch[0]]))
+        try:
+            outputs = _generate(model, tokenizer, [prompts[i] for i in batch], n, generation_kwargs, stop_ids)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            logger.warning(
+                "Out of memory on a batch of %d prompts: retrying as %d + %d.", len(batch), half, len(batch) - half
+            )
+            pending[:0] = [batch[:half], batch[half:]]
+            continue
+        for index, samples in zip(batch, outputs):
+            results[index] = samples
+        if progress is not None:
+            progress.update(len(batch))
+    return results  # type: ignore[return-value]

@@ -1,0 +1,77 @@
+"""LoRA (or QLoRA) fine-tuning of the generator with TRL's `SFTTrainer`.
+
+Two update modes (recipe `loop.update`): `continue` trains the previous iteration's adapter further on the new
+selection; `fresh` trains a new adapter from the base on everything selected so far. The saved adapter is an ordinary
+PEFT folder: `PeftModel.from_pretrained(base, path)` loads it with no help from this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def lora_config(model_args):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_adapter(
+    rows,
+    model_args,
+    training_args,
+    output_dir: Path,
+    *,
+    checkpoint_dir: Path,
+    init_adapter: str | None = None,
+    seed: int = 42,
+) -> dict:
+    """Train on `rows` (a `datasets.Dataset` of prompt/completion) and save the adapter to `output_dir`.
+
+    Checkpoints go to `checkpoint_dir`, outside the adapter folder, which is written once training is over.
+    """
+    from trl import SFTTrainer
+
+    from ..models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_args, padding_side="right")
+    model = load_causal_lm(model_args, adapter=init_adapter, trainable=True)
+    args = dataclasses.replace(
+        training_args,
+        output_dir=str(checkpoint_dir),
+        seed=seed,
+        completion_only_loss=True
+        if training_args.completion_only_loss is None
+        else training_args.completion_only_loss,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows.select_columns(["prompt", "completion"]),
+        processing_class=tokenizer,
+        peft_config=None if init_adapter else lora_config(model_args),
+    )
+    result = trainer.train()
+    trainer.model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "train_loss": round(result.training_loss, 6),
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "steps": trainer.state.global_step,
+        "rows": len(rows),
+        "init_adapter": init_adapter,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "loss_is_finite": math.isfinite(result.training_loss),
+    }
