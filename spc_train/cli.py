@@ -1,0 +1,156 @@
+"""The `spc-train` command: one subcommand per stage, plus loop, report, import-seed and make-tiny.
+
+Usage:
+    spc-train loop --config recipes/tiny/loop.yaml --run_dir runs/demo [--section.field value ...]
+    spc-train generate --config RECIPE --run_dir RUN --iteration 0
+    spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
+    spc-train report --run_dir RUN
+    spc-train import-seed --input data.csv --output seed_ds [--format spc-csv] [--strict]
+    spc-train make-tiny --output_dir tiny-models
+
+Stage commands read the recipe from `--config`, or from `RUN/recipe.yaml` when a run already exists; every recipe
+field can be overridden as `--section.field value`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("spc_train")
+
+# Stage subcommands: name -> (Loop method, whether it takes --iteration).
+STAGES = {
+    "seed": ("stage_seed", False),
+    "pairs": ("stage_pairs", False),
+    "generate": ("stage_generate", True),
+    "critique": ("stage_critique", True),
+    "select": ("stage_select", True),
+    "sft-data": ("stage_sft_data", True),
+    "train": ("stage_train", True),
+    "evaluate": ("stage_evaluate", True),
+    "report": ("stage_report", False),
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spc-train", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    loop = commands.add_parser("loop", help="Run (or resume) the whole Generator-Critic loop.")
+    loop.add_argument("--config", required=True, help="Recipe YAML, e.g. recipes/tiny/loop.yaml.")
+    loop.add_argument("--run_dir", required=True, help="Run directory (created, or resumed if it exists).")
+
+    for name, (_, iterated) in STAGES.items():
+        stage = commands.add_parser(name, help=f"Run the `{name}` stage alone on a run directory.")
+        stage.add_argument("--run_dir", required=True)
+        stage.add_argument("--config", help="Recipe YAML (default: RUN/recipe.yaml).")
+        if iterated:
+            stage.add_argument("--iteration", type=int, required=True)
+
+    seed = commands.add_parser(
+        "import-seed", help="Read seed conversations into canonical records (a datasets folder)."
+    )
+    seed.add_argument(
+        "--input", required=True, help="SPC CSV, Persona-Chat txt, JSONL(.gz), datasets folder or Hub id."
+    )
+    seed.add_argument("--output", required=True, help="Output: a folder (datasets), or a .csv / .jsonl(.gz) file.")
+    seed.add_argument("--format", choices=["spc-csv", "personachat", "jsonl", "dataset", "hub"])
+    seed.add_argument("--split", help="Split of a DatasetDict folder or Hub dataset.")
+    seed.add_argument("--limit", type=int, help="Keep the first N well-formed conversations.")
+    seed.add_argument("--strict", action="store_true", help="Fail on any malformed row.")
+    seed.add_argument("--normalize_names", action="store_true", help="Unify name placeholders like [user 1's name].")
+
+    tiny = commands.add_parser("make-tiny", help="Build the tiny offline generator, NLI and toxicity models.")
+    tiny.add_argument("--output_dir", required=True)
+    tiny.add_argument("--seed_path", help="Seed conversations (default: the SPC sample shipped in the package).")
+    tiny.add_argument("--warm_start_steps", type=int, default=150)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _recipe(args, overrides: list[str]):
+    from .configs import parse_recipe
+
+    config = args.config
+    if config is None:
+        config = Path(args.run_dir) / "recipe.yaml"
+        if not config.exists():
+            raise SystemExit(f"No --config given and {config} does not exist: pass --config RECIPE.")
+    return parse_recipe(config, overrides)
+
+
+def import_seed(args) -> int:
+    from .data import export_records, read_seed
+
+    result = read_seed(
+        args.input,
+        args.format,
+        strict=args.strict,
+        split=args.split,
+        limit=args.limit,
+        normalize_names=args.normalize_names,
+    )
+    export_records(result.records, args.output)
+    print(result.summary())
+    print(f"rows read: {result.rows_read}, kept: {len(result.records)}, malformed: {len(result.malformed)}")
+    print(f"wrote {len(result.records)} records to {args.output}")
+    return 0
+
+
+def make_tiny(args) -> int:
+    from .tiny import build_tiny_models
+
+    report = build_tiny_models(args.output_dir, args.seed_path, warm_start_steps=args.warm_start_steps, seed=args.seed)
+    print(f"tiny models in {args.output_dir} ({report['seconds']}s)")
+    print(f"  generator: {report['generator_parameters']:,} parameters, vocabulary {report['vocab_size']}")
+    print(f"  parse rate of one-shot samples after warm-start: {report['parse_rate']:.0%}")
+    for name, accuracy in report["classifier_train_accuracy"].items():
+        print(f"  {name} classifier training accuracy: {accuracy:.0%}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = make_parser().parse_known_args(argv)
+    _setup_logging()
+    from .configs import RecipeError
+    from .data import SeedDataError
+    from .loop import StageInputError
+    from .models import ModelNotFoundError
+
+    try:
+        if args.command == "import-seed":
+            return import_seed(args)
+        if args.command == "make-tiny":
+            return make_tiny(args)
+        from .evaluation.summary import format_summary
+        from .loop import Loop
+
+        loop = Loop(_recipe(args, overrides), args.run_dir)
+        if args.command == "loop":
+            loop.run_all()
+            print(format_summary(loop.run))
+            return 0
+        method, iterated = STAGES[args.command]
+        loop.prepare()
+        getattr(loop, method)(*([args.iteration] if iterated else []))
+        return 0
+    except (RecipeError, SeedDataError, StageInputError, ModelNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""A run's report and console summary, gathered from the run directory's stage outputs.
+
+The seed conversations of the run's pairs are the first column, so every iteration is read against the human-seeded
+data the way the paper compares SPC with Persona-Chat.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..runs import RunDir, read_stage
+from .metrics import dataset_statistics
+from .report import write_report
+
+SUMMARY_COLUMNS = [
+    ("candidates", "candidates", "{:.0f}"),
+    ("parse_rate", "parse rate", "{:.0%}"),
+    ("pass_rate", "pass rate", "{:.0%}"),
+    ("selected", "selected", "{:.0f}"),
+    ("faithfulness_mean", "P(contradiction)", "{:.3f}"),
+    ("toxicity_mean", "P(toxic)", "{:.3f}"),
+    ("sft_loss", "SFT loss", "{:.3f}"),
+]
+
+
+def _load(folder: Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder)).to_list()
+
+
+def iteration_rows(run: RunDir) -> dict[int, dict]:
+    """Per finished iteration: its evaluation metrics plus the selection's counts."""
+    rows = {}
+    for k in run.iterations():
+        evaluation = read_stage(run.stage_dir("eval", k))
+        selection = read_stage(run.stage_dir("selected", k))
+        if evaluation and selection:
+            rows[k] = {**evaluation["metrics"], "selected": selection["selected"]}
+    return rows
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> dict:
+    """report.md, metrics.json and plots for every finished iteration, with the seed conversations first."""
+    rows = iteration_rows(run)
+    pair_ids = {pair["pair_id"] for pair in _load(run.stage_dir("pairs"))}
+    seed = [record for record in _load(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
+    columns = ["seed"] + [f"iter-{k:02d}" for k in rows]
+    per_column = {"seed": dataset_statistics(seed)} | {f"iter-{k:02d}": row for k, row in rows.items()}
+    names = list(dict.fromkeys(name for values in per_column.values() for name in values))
+    metrics = {name: {column: _clean(values.get(name)) for column, values in per_column.items()} for name in names}
+
+    distributions, pass_rates, examples = {}, {}, {"seed": seed[:2]}
+    notes = [f"Run directory: `{run.root}`; user pairs: {len(pair_ids)}."]
+    for k in rows:
+        column = f"iter-{k:02d}"
+        critiques = _load(run.stage_dir("critiques", k))
+        experts = sorted({name for row in critiques for name in row["scores"]})
+        distributions[column] = {
+            name: [row["scores"][name] for row in critiques if _clean(row["scores"].get(name)) is not None]
+            for name in experts
+        }
+        selection = read_stage(run.stage_dir("selected", k))
+        pass_rates[column] = {"parsed": selection["parse_rate"], "all filters": selection["pass_rate"]}
+        pass_rates[column] |= selection["filter_pass_rates"]
+        examples[column] = _load(run.stage_dir("selected", k))[:2]
+        missing = len(selection["pairs_without_survivor"])
+        if missing:
+            notes.append(f"{column}: {missing} pairs had no candidate passing the filters ({thresholds}).")
+        adapter = read_stage(run.stage_dir("adapter", k))
+        if adapter:
+            notes.append(
+                f"{column}: LoRA adapter `{run.stage_dir('adapter', k)}`, train loss {adapter['train_loss']:.3f}."
+            )
+    path = write_report(
+        out,
+        title=f"spc_train report: {run.root.name}",
+        columns=columns,
+        metrics=metrics,
+        score_distributions=distributions,
+        pass_rates=pass_rates,
+        examples=examples,
+        notes=notes,
+    )
+    return {"report": str(run.root / "report" / path.name), "iterations": list(rows)}
+
+
+def format_summary(run: RunDir) -> str:
+    """The table printed at the end of `spc-train loop`, and where to find what the run made."""
+    rows = iteration_rows(run)
+    header = ["iteration"] + [label for _, label, _ in SUMMARY_COLUMNS]
+    table = [header]
+    for k, row in rows.items():
+        cells = [f"iter-{k:02d}"]
+        for key, _, fmt in SUMMARY_COLUMNS:
+            value = row.get(key)
+            cells.append(
+                "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+            )
+        table.append(cells)
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in table]
+    lines.append("")
+    for k in rows:
+        lines.append(f"iter-{k:02d}: selected {run.stage_dir('selected', k)}")
+        if read_stage(run.stage_dir("adapter", k)):
+            lines.append(f"         adapter  {run.stage_dir('adapter', k)}")
+    lines.append(f"report: {run.root / 'report' / 'report.md'}")
+    lines.append(f"manifest: {run.root / 'manifest.json'}")
+    return "\n".join(lines)

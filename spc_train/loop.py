@@ -1,0 +1,417 @@
+"""The iteration driver: wires the stages to the run directory, fingerprints them, skips what is done.
+
+Each `stage_*` method can run alone (that is what `spc-train <stage>` calls): it reads its inputs from the run
+directory, refuses to run if they are missing, and returns its output fingerprint. A stage whose fingerprint matches
+its folder's `stage.json` is skipped; a changed config changes its fingerprint and, through the inputs, every
+fingerprint downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from .configs import ModelSpec, Recipe, save_recipe
+from .runs import RunDir, fingerprint, package_versions, read_stage
+
+logger = logging.getLogger(__name__)
+
+
+class StageInputError(RuntimeError):
+    """A stage was asked to run before the stages it reads from."""
+
+
+def _load(folder: Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder)).to_list()
+
+
+def _save(rows: list[dict], folder: Path) -> None:
+    from datasets import Dataset
+
+    # One shard even when empty: datasets cannot reload a folder saved with zero shards.
+    Dataset.from_list(rows).save_to_disk(str(folder), num_shards=1 if not rows else None)
+
+
+def _source_identity(path: str | None) -> str | None:
+    """Content hash of a local seed file or folder (a Hub id stands for itself)."""
+    from .models import folder_hash
+
+    if not path:
+        return None
+    local = Path(path).expanduser()
+    if local.is_file():
+        return hashlib.sha256(local.read_bytes()).hexdigest()[:20]
+    if local.is_dir():
+        return folder_hash(local)
+    return path
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Loop:
+    def __init__(self, recipe: Recipe, run_dir: str | Path):
+        self.recipe = recipe
+        self.run = RunDir(run_dir)
+        self._identities: dict[str, Any] = {}
+        self.summary: dict[int, dict[str, Any]] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build the tiny models if the recipe asks for them, then check every model before any work starts."""
+        from .models import check_available, check_spec
+
+        recipe = self.recipe
+        if recipe.loop.tiny_models_dir:
+            from .tiny import build_tiny_models, tiny_models_ready
+
+            if not tiny_models_ready(recipe.loop.tiny_models_dir):
+                logger.info(
+                    "Tiny models missing: building them in %s (once, about a minute).", recipe.loop.tiny_models_dir
+                )
+                report = build_tiny_models(recipe.loop.tiny_models_dir)
+                logger.info("Tiny generator parse rate after warm-start: %.0f%%.", 100 * report["parse_rate"])
+        check_spec(recipe.model, "generator")
+        check_spec(recipe.judge_spec(), "judge")
+        if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
+            check_available(recipe.critic.toxicity_model, "toxicity classifier")
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, self.run.root / "recipe.yaml")
+        self.run.update_manifest(
+            packages=package_versions(), seed=recipe.loop.seed, models=self.identities(), recipe=recipe.path
+        )
+
+    def identities(self) -> dict[str, Any]:
+        from .models import identity, spec_identity
+
+        if not self._identities:
+            self._identities = {
+                "generator": spec_identity(self.recipe.model),
+                "judge": spec_identity(self.recipe.judge_spec()),
+                "toxicity": identity(self.recipe.critic.toxicity_model),
+            }
+        return self._identities
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+    def _input(self, stage: str, iteration: int | None = None, command: str | None = None) -> tuple[Path, str]:
+        folder = self.run.stage_dir(stage, iteration)
+        record = read_stage(folder)
+        if record is None:
+            where = f" --iteration {iteration}" if iteration is not None else ""
+            raise StageInputError(
+                f"{folder} is missing or unfinished: run `spc-train {command or stage}{where}` (or `spc-train loop`)."
+            )
+        return folder, record["fingerprint"]
+
+    def _stage(self, name: str, iteration: int | None, config: Any, inputs: list[str], models: dict, write) -> str:
+        folder = self.run.stage_dir(name, iteration)
+        fp = fingerprint(name, config, inputs, models, self.recipe.loop.seed)
+        label = folder.relative_to(self.run.root).as_posix()
+        if self.run.is_done(folder, fp):
+            logger.info("skip %-22s (done, fingerprint %s)", label, fp)
+            return fp
+        logger.info("run  %-22s", label)
+        record = self.run.commit(folder, fp, write, stage=name)
+        logger.info("done %-22s in %.1fs", label, record["seconds"])
+        return fp
+
+    # -- stages ---------------------------------------------------------------------------------------------------
+    def stage_seed(self) -> str:
+        from .data import read_seed
+
+        seed = self.recipe.seed
+        if not seed.path:
+            raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
+
+        def write(out: Path) -> dict:
+            result = read_seed(
+                seed.path,
+                seed.format,
+                strict=seed.strict,
+                split=seed.split,
+                limit=seed.max_conversations,
+                normalize_names=seed.normalize_names,
+            )
+            logger.info("Seed %s: %s", seed.path, result.summary())
+            _save(result.records, out)
+            return {
+                "rows_read": result.rows_read,
+                "rows": len(result.records),
+                "malformed": [dataclasses.asdict(m) for m in result.malformed],
+                "notes": result.notes,
+            }
+
+        return self._stage("seed", None, self.recipe.section("seed"), [_source_identity(seed.path)], {}, write)
+
+    def stage_pairs(self) -> str:
+        """User pairs. `personas.source: seed` reuses the seed conversations' pairs (a deterministic sample)."""
+        import random
+
+        seed_dir, seed_fp = self._input("seed")
+        personas = self.recipe.personas
+        if personas.source != "seed":
+            raise ValueError(f"personas.source '{personas.source}' is not available yet; use `seed`.")
+
+        def write(out: Path) -> dict:
+            records = _load(seed_dir)
+            count = min(personas.num_pairs or len(records), len(records))
+            chosen = sorted(random.Random(self.recipe.loop.seed).sample(range(len(records)), count))
+            pairs = [
+                {
+                    "pair_id": records[i]["pair_id"],
+                    "user1_persona": records[i]["user1_persona"],
+                    "user2_persona": records[i]["user2_persona"],
+                    "source": "seed",
+                }
+                for i in chosen
+            ]
+            _save(pairs, out)
+            return {"rows": len(pairs)}
+
+        return self._stage("pairs", None, self.recipe.section("personas"), [seed_fp], {}, write)
+
+    def _pool(self, iteration: int) -> tuple[list[Path], list[str]]:
+        """Few-shot pool P_k: the seed conversations, plus the selections of earlier iterations if the pool grows."""
+        folders, fps = [], []
+        folder, fp = self._input("seed")
+        folders.append(folder)
+        fps.append(fp)
+        if self.recipe.loop.grow_pool:
+            for k in range(iteration):
+                folder, fp = self._input("selected", k, "select")
+                folders.append(folder)
+                fps.append(fp)
+        return folders, fps
+
+    def _adapter_for(self, iteration: int) -> tuple[str | None, str | None]:
+        """The adapter the generator of `iteration` loads: the one trained at the previous iteration."""
+        if iteration == 0 or not self.recipe.loop.train:
+            return None, None
+        folder, fp = self._input("adapter", iteration - 1, "train")
+        return str(folder), fp
+
+    def stage_generate(self, iteration: int) -> str:
+        from .generation.candidates import generate_shards, read_shards
+        from .models import load_causal_lm, load_tokenizer
+
+        pairs_dir, pairs_fp = self._input("pairs")
+        pool_dirs, pool_fps = self._pool(iteration)
+        adapter, adapter_fp = self._adapter_for(iteration)
+        args = self.recipe.generation
+        shots = 0 if adapter and args.zero_shot_with_adapter else args.few_shot_examples
+        config = {**self.recipe.section("generation"), "few_shot_used": shots, "iteration": iteration}
+        inputs = [pairs_fp, *pool_fps, adapter_fp]
+        models = {"generator": self.identities()["generator"]}
+        seed = self.recipe.loop.seed
+        shards_dir = self.run.stage_dir("candidates", iteration).with_name(".candidates.shards")
+
+        def write(out: Path) -> dict:
+            # Shards of an older fingerprint are not ours to resume from.
+            marker = shards_dir / "FINGERPRINT"
+            fp_now = fingerprint("candidates", config, inputs, models, seed)
+            if marker.exists() and marker.read_text() != fp_now:
+                import shutil
+
+                shutil.rmtree(shards_dir)
+            shards_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(fp_now)
+            pairs = _load(pairs_dir)
+            pool = [row for folder in pool_dirs for row in _load(folder)]
+            tokenizer = load_tokenizer(self.recipe.model)
+            model = load_causal_lm(self.recipe.model, adapter=adapter)
+            stats = generate_shards(
+                model,
+                tokenizer,
+                pairs,
+                pool,
+                shards_dir,
+                args=args,
+                seed=seed,
+                iteration=iteration,
+                few_shot_examples=shots,
+            )
+            rows = read_shards(shards_dir, stats["num_shards"])
+            _save(rows, out)
+            import shutil
+
+            shutil.rmtree(shards_dir)
+            return {
+                "rows": len(rows),
+                "pairs": len(pairs),
+                "adapter": adapter,
+                "few_shot_examples": shots,
+                "parse_rate": _mean(float(r["parsed"]) for r in rows),
+                "stopped_rate": _mean(float(r["finish_reason"] == "stop") for r in rows),
+                **stats,
+            }
+
+        return self._stage("candidates", iteration, config, inputs, models, write)
+
+    def stage_critique(self, iteration: int) -> str:
+        from .critic.registry import build_experts, critique
+        from .critic.scoring import Judge
+        from .models import load_causal_lm, load_classifier, load_tokenizer
+
+        candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")
+        critic = self.recipe.critic
+        # Thresholds only matter to `select`: changing them must not re-score.
+        config = {k: v for k, v in self.recipe.section("critic").items() if not k.endswith("_threshold")}
+        models = {"judge": self.identities()["judge"], "toxicity": self.identities()["toxicity"]}
+        judge_spec = self.recipe.judge_spec()
+        loaded: dict[str, Any] = {}
+
+        def judge() -> Judge:
+            if "judge" not in loaded:
+                loaded["judge"] = Judge(
+                    load_causal_lm(judge_spec), load_tokenizer(judge_spec), critic.batch_tokens, critic.judge_context
+                )
+            return loaded["judge"]
+
+        def classifier(path: str):
+            spec = ModelSpec(name_or_path=path, dtype=judge_spec.dtype)
+            return load_classifier(spec, "toxicity classifier"), load_tokenizer(spec, padding_side="right")
+
+        def write(out: Path) -> dict:
+            experts = build_experts(critic, judge, classifier)
+            rows = critique(_load(candidates_dir), experts)
+            _save(rows, out)
+            truncated = loaded["judge"].truncated if "judge" in loaded else 0
+            return {"rows": len(rows), "experts": critic.experts, "judge_prompts_truncated": truncated}
+
+        return self._stage("critiques", iteration, config, [candidates_fp], models, write)
+
+    def thresholds(self) -> dict[str, float]:
+        critic = self.recipe.critic
+        known = {"faithfulness": critic.faithfulness_threshold, "toxicity": critic.toxicity_threshold}
+        return {name: value for name, value in known.items() if name in critic.experts}
+
+    def stage_select(self, iteration: int) -> str:
+        from .critic.fed import POLICIES
+        from .critic.selection import select
+
+        critiques_dir, critiques_fp = self._input("critiques", iteration, "critique")
+        thresholds = self.thresholds()
+        policies = [name for name in self.recipe.critic.experts if name in POLICIES]
+
+        def write(out: Path) -> dict:
+            selected, stats = select(_load(critiques_dir), thresholds, policies)
+            _save(selected, out)
+            if stats["pairs_without_survivor"]:
+                logger.info(
+                    "%d pairs have no candidate that passes the filters.", len(stats["pairs_without_survivor"])
+                )
+            return {"rows": len(selected), **stats}
+
+        config = {"thresholds": thresholds, "policies": policies}
+        return self._stage("selected", iteration, config, [critiques_fp], {}, write)
+
+    def stage_sft_data(self, iteration: int) -> str:
+        from .training.data import sft_rows
+
+        # `continue` trains on this iteration's selection; `fresh` on everything selected so far.
+        first = iteration if self.recipe.loop.update == "continue" else 0
+        sources = [self._input("selected", k, "select") for k in range(first, iteration + 1)]
+
+        def write(out: Path) -> dict:
+            rows = sft_rows([row for folder, _ in sources for row in _load(folder)])
+            _save(rows, out)
+            return {"rows": len(rows)}
+
+        config = {"update": self.recipe.loop.update}
+        return self._stage("train", iteration, config, [fp for _, fp in sources], {}, write)
+
+    def stage_train(self, iteration: int) -> str:
+        from datasets import load_from_disk
+
+        from .training.sft import train_adapter
+
+        if self.recipe.loop.update not in ("continue", "fresh"):
+            raise ValueError(f"loop.update must be `continue` or `fresh`, not '{self.recipe.loop.update}'.")
+        data_dir, data_fp = self._input("train", iteration, "sft-data")
+        init_adapter, init_fp = (None, None)
+        if self.recipe.loop.update == "continue":
+            init_adapter, init_fp = self._adapter_for(iteration)
+        config = {"training": self.recipe.section("training"), "model": self.recipe.section("model")}
+        models = {"generator": self.identities()["generator"]}
+        seed = self.recipe.loop.seed + iteration
+
+        def write(out: Path) -> dict:
+            rows = load_from_disk(str(data_dir))
+            if len(rows) == 0:
+                raise StageInputError(
+                    f"No conversation passed the critic at iteration {iteration}, so there is nothing to train on "
+                    f"(see {self.run.stage_dir('selected', iteration)}/stage.json). Lower the critic thresholds, "
+                    "sample more candidates, or set loop.train: false."
+                )
+            return train_adapter(
+                rows,
+                self.recipe.model,
+                self.recipe.training,
+                out,
+                init_adapter=init_adapter,
+                seed=seed,
+                checkpoint_dir=out.parent / ".train-checkpoints",
+            )
+
+        return self._stage("adapter", iteration, config, [data_fp, init_fp], models, write)
+
+    def stage_evaluate(self, iteration: int) -> str:
+        from .evaluation.metrics import dataset_statistics
+
+        critiques_dir, critiques_fp = self._input("critiques", iteration, "critique")
+        selected_dir, selected_fp = self._input("selected", iteration, "select")
+        inputs = [critiques_fp, selected_fp]
+        adapter = read_stage(self.run.stage_dir("adapter", iteration))
+        if adapter:
+            inputs.append(adapter["fingerprint"])
+        selection = read_stage(selected_dir)
+
+        def write(out: Path) -> dict:
+            critiques = _load(critiques_dir)
+            metrics = dataset_statistics(_load(selected_dir))
+            metrics.update(
+                candidates=len(critiques),
+                parse_rate=selection["parse_rate"],
+                pass_rate=selection["pass_rate"],
+                sft_loss=adapter["train_loss"] if adapter else float("nan"),
+            )
+            for name in self.recipe.critic.experts:
+                metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
+            _save([metrics], out)
+            return {"metrics": metrics}
+
+        return self._stage("eval", iteration, {"experts": self.recipe.critic.experts}, inputs, {}, write)
+
+    def stage_report(self) -> str:
+        from .evaluation.summary import write_run_report
+
+        iterations = [k for k in self.run.iterations() if read_stage(self.run.stage_dir("eval", k))]
+        inputs = [self._input("seed")[1], self._input("pairs")[1]]
+        inputs += [self._input("eval", k, "evaluate")[1] for k in iterations]
+        config = {"iterations": iterations, "thresholds": self.thresholds()}
+        return self._stage(
+            "report", None, config, inputs, {}, lambda out: write_run_report(self.run, out, self.thresholds())
+        )
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def run_all(self) -> None:
+        self.prepare()
+        self.stage_seed()
+        self.stage_pairs()
+        for k in range(self.recipe.loop.iterations):
+            self.stage_generate(k)
+            self.stage_critique(k)
+            self.stage_select(k)
+            if self.recipe.loop.train:
+                self.stage_sft_data(k)
+                self.stage_train(k)
+            self.stage_evaluate(k)
+        self.stage_report()
