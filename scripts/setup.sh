@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv and install spc_train with its dev extras. Idempotent: a second run with an unchanged
+# pyproject.toml does nothing. torch is installed first, pinned, so pip never pulls the multi-GB CUDA build
+# on a CPU machine (set TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to choose a build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+stamp=".venv/.spc-train-installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+echo "[setup] creating .venv and installing spc_train (about a minute)"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip_args=(-q --disable-pip-version-check)
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  .venv/bin/pip install "${pip_args[@]}" "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"
+else
+  .venv/bin/pip install "${pip_args[@]}" "torch==${TORCH_VERSION}"
+fi
+# uv resolves and installs the rest several times faster than pip; it needs pip's local wheel folder, if any.
+.venv/bin/pip install "${pip_args[@]}" "uv>=0.5"
+find_links=()
+links=$(.venv/bin/pip config get global.find-links 2>/dev/null || true)
+for link in $links; do find_links+=(--find-links "$link"); done
+.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode -q "${find_links[@]}" -e ".[dev]"
+rm -f .venv/.spc-train-installed-*
+touch "$stamp"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, trl; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)')"
