@@ -34,8 +34,10 @@ def _load(folder: Path) -> list[dict]:
 def _save(rows: list[dict], folder: Path) -> None:
     from datasets import Dataset
 
-    # One shard even when empty: datasets cannot reload a folder saved with zero shards.
-    Dataset.from_list(rows).save_to_disk(str(folder), num_shards=1 if not rows else None)
+    if rows:
+        Dataset.from_list(rows).save_to_disk(str(folder))
+    else:  # an empty output still needs a schema and one shard, or datasets cannot reload it
+        Dataset.from_dict({"pair_id": []}).save_to_disk(str(folder), num_shards=1)
 
 
 def _source_identity(path: str | None) -> str | None:
@@ -376,15 +378,21 @@ class Loop:
 
         def write(out: Path) -> dict:
             critiques = _load(critiques_dir)
-            metrics = dataset_statistics(_load(selected_dir))
+            selected = _load(selected_dir)
+            metrics = dataset_statistics(selected)
             metrics.update(
                 candidates=len(critiques),
                 parse_rate=selection["parse_rate"],
                 pass_rate=selection["pass_rate"],
                 sft_loss=adapter["train_loss"] if adapter else float("nan"),
             )
+            # Filters: mean over all candidates. Policies: a mean pairwise win rate over all candidates is 0.5 by
+            # construction, so report the selected candidates' win rate instead.
             for name in self.recipe.critic.experts:
-                metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
+                if name in self.thresholds():
+                    metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
+                else:
+                    metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
             _save([metrics], out)
             return {"metrics": metrics}
 

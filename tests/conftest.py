@@ -1,0 +1,26 @@
+"""Offline test set-up: no Hub, a private HF_HOME, and tiny models built once per session."""
+
+import os
+import tempfile
+
+# Before any Hugging Face library is imported: they read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spc-train-hf-home-")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """Tiny generator / NLI / toxicity models, built from the shipped seed sample with a short warm-start."""
+    from spc_train.tiny import build_tiny_models
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    build_tiny_models(out, warm_start_steps=40, classifier_steps=80, max_conversations=90)
+    return out

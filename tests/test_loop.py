@@ -1,0 +1,205 @@
+"""The whole loop on tiny models: outputs, skip on re-run, resume after a crash, adapters, selection."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spc_train.cli import main
+from spc_train.configs import parse_recipe
+from spc_train.loop import Loop
+from spc_train.runs import read_stage
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = Path(__file__).resolve().parents[1] / "spc_train" / "data" / "sample" / "spc_valid_sample.csv"
+STAGES = ["candidates", "critiques", "selected", "train", "adapter", "eval"]
+
+
+def write_recipe(path: Path, tiny: Path, **changes) -> Path:
+    recipe = {
+        "seed": {"path": str(SAMPLE), "max_conversations": 60},
+        "model": {"name_or_path": str(tiny / "generator"), "dtype": "float32", "lora_r": 4, "lora_alpha": 8},
+        "personas": {"num_pairs": 6},
+        "generation": {
+            "num_candidates": 3,
+            "few_shot_examples": 1,
+            "max_new_tokens": 96,
+            "max_prompt_tokens": 512,
+            "shard_size": 3,
+            "min_turns": 2,
+        },
+        "critic": {
+            "experts": ["faithfulness", "toxicity", "depth", "coherency", "likable"],
+            "toxicity_model": str(tiny / "toxicity"),
+            "faithfulness_threshold": 0.99,
+            "toxicity_threshold": 0.99,
+        },
+        "training": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 5e-3,
+            "max_length": 384,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": True,
+            "bf16": False,
+            "activation_checkpointing": False,
+        },
+        "loop": {"iterations": 2, "seed": 7},
+    }
+    for section, values in changes.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    recipe = write_recipe(root / "recipe.yaml", tiny_models)
+    run_dir = root / "run"
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(run_dir)]) == 0
+    return recipe, run_dir
+
+
+def load(folder: Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder)).to_list()
+
+
+def test_loop_writes_every_stage_of_both_iterations(demo_run):
+    _, run = demo_run
+    for k in (0, 1):
+        for stage in STAGES:
+            record = read_stage(run / f"iter-{k:02d}" / stage)
+            assert record is not None, f"iter-{k:02d}/{stage} not finished"
+        selected = load(run / f"iter-{k:02d}" / "selected")
+        assert selected and all(row["selected"] and row["passed"] for row in selected)
+        assert {row["pair_id"] for row in selected} <= {row["pair_id"] for row in load(run / "pairs")}
+        assert len(load(run / f"iter-{k:02d}" / "candidates")) == 6 * 3
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["stages"]) >= {f"iter-01/{stage}" for stage in STAGES} | {"seed", "pairs", "report"}
+    assert manifest["models"]["generator"]["model"]["sha256"]
+    assert manifest["packages"]["trl"]
+    assert (run / "report" / "report.md").read_text().count("iter-01") >= 2
+    assert (run / "report" / "metrics.png").stat().st_size > 1000
+    # The saved recipe is complete: it parses back to the same values.
+    assert parse_recipe(run / "recipe.yaml").to_dict() == parse_recipe(demo_run[0]).to_dict()
+
+
+def test_rerun_does_no_work(demo_run, caplog):
+    recipe, run = demo_run
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")}
+    with caplog.at_level("INFO", logger="spc_train.loop"):
+        assert main(["loop", "--config", str(recipe), "--run_dir", str(run)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")} == before
+    messages = [r.getMessage() for r in caplog.records if r.name == "spc_train.loop"]
+    assert messages and all(m.startswith("skip") for m in messages)
+    assert len(messages) == 2 + 2 * len(STAGES) + 1  # seed, pairs, 2 iterations, report
+
+
+def test_adapter_of_iteration_0_changes_the_generator(demo_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe, run = demo_run
+    base_path = parse_recipe(recipe).model.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    inputs = tokenizer("User 1: Hi! I love my dogs.\nUser 2:", return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    with torch.no_grad():
+        before = base(**inputs).logits
+        tuned = PeftModel.from_pretrained(base, str(run / "iter-00" / "adapter")).eval()  # plain PEFT, no help
+        after = tuned(**inputs).logits
+    assert (after - before).abs().max().item() > 1e-3
+    # ... and iteration 1 generated with that adapter, prompted zero-shot as it was trained.
+    generation = read_stage(run / "iter-01" / "candidates")
+    assert generation["adapter"] == str(run / "iter-00" / "adapter")
+    assert generation["few_shot_examples"] == 0
+    assert read_stage(run / "iter-00" / "candidates")["few_shot_examples"] == 1
+
+
+def test_selected_candidate_is_the_one_the_experts_prefer(demo_run):
+    _, run = demo_run
+    policies = ["depth", "coherency", "likable"]
+    for k in (0, 1):
+        critiques = load(run / f"iter-{k:02d}" / "critiques")
+        for chosen in load(run / f"iter-{k:02d}" / "selected"):
+            rows = [r for r in critiques if r["pair_id"] == chosen["pair_id"]]
+            survivors = [
+                r for r in rows if r["parsed"] and max(r["scores"]["faithfulness"], r["scores"]["toxicity"]) < 0.99
+            ]
+            members = [r["candidate"] for r in survivors]
+            votes = dict.fromkeys(members, 0)
+            for policy in policies:
+                wins = {
+                    r["candidate"]: sum(r["pairwise"][policy][o] for o in members if o != r["candidate"])
+                    for r in survivors
+                }
+                votes[max(members, key=lambda c: (wins[c], -c))] += 1
+            assert chosen["candidate"] in members
+            assert votes[chosen["candidate"]] == max(votes.values())
+
+
+def test_changed_threshold_reselects_without_rescoring(demo_run, tmp_path):
+    recipe, run = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    critiques_before = read_stage(copy / "iter-00" / "critiques")
+    args = ["select", "--run_dir", str(copy), "--iteration", "0", "--critic.faithfulness_threshold", "0.0"]
+    assert main(args) == 0
+    assert read_stage(copy / "iter-00" / "critiques") == critiques_before
+    selection = read_stage(copy / "iter-00" / "selected")
+    assert selection["selected"] == 0 and len(selection["pairs_without_survivor"]) == 6
+    assert load(copy / "iter-00" / "selected") == []
+
+
+def test_killed_generation_resumes_to_the_same_candidates(demo_run, tmp_path, monkeypatch):
+    import spc_train.generation.candidates as candidates
+
+    recipe, run = demo_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for stage in ("seed", "pairs"):
+        shutil.copytree(run / stage, copy / stage)
+    real_write = candidates._write_shard
+    calls = []
+
+    def crash_on_second_shard(path, rows):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(path, rows)
+
+    monkeypatch.setattr(candidates, "_write_shard", crash_on_second_shard)
+    loop = Loop(parse_recipe(recipe), copy)
+    with pytest.raises(KeyboardInterrupt):
+        loop.stage_generate(0)
+    assert read_stage(copy / "iter-00" / "candidates") is None
+    assert [p.name for p in (copy / "iter-00" / ".candidates.shards").glob("shard-*.jsonl")] == ["shard-00000.jsonl"]
+
+    monkeypatch.setattr(candidates, "_write_shard", real_write)
+    loop.stage_generate(0)
+    stats = read_stage(copy / "iter-00" / "candidates")
+    assert stats["shards_generated"] == 1 and stats["num_shards"] == 2
+    assert load(copy / "iter-00" / "candidates") == load(run / "iter-00" / "candidates")
+    assert stats["fingerprint"] == read_stage(run / "iter-00" / "candidates")["fingerprint"]
+
+
+def test_missing_model_fails_before_any_work(tiny_models, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_models, model={"name_or_path": str(tmp_path / "no-such-model")})
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path / "no-such-model") in error and "generator" in error
+    assert not (tmp_path / "run" / "seed").exists()
+
+
+def test_stage_alone_needs_its_inputs(tiny_models, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_models)
+    assert main(["critique", "--config", str(recipe), "--run_dir", str(tmp_path / "run"), "--iteration", "0"]) == 2
+    assert "spc-train generate --iteration 0" in capsys.readouterr().err
