@@ -176,16 +176,8 @@ SECTIONS: dict[str, Any] = {
     "loop": LoopConfig,
 }
 
-# SFTConfig fields not recorded in recipe.yaml: the run's own paths (set by the loop), secrets, deprecated aliases.
-_UNRECORDED_TRAINING_KEYS = {
-    "output_dir",
-    "logging_dir",
-    "run_name",
-    "hub_token",
-    "push_to_hub_token",
-    "gradient_checkpointing",
-    "gradient_checkpointing_kwargs",
-}
+# SFTConfig fields not recorded in recipe.yaml or fingerprints: the run's own paths (set by the loop) and secrets.
+_UNRECORDED_TRAINING_KEYS = {"output_dir", "logging_dir", "run_name", "hub_token", "push_to_hub_token"}
 
 
 class RecipeError(ValueError):
@@ -200,16 +192,19 @@ class Recipe:
     personas: PersonasConfig
     generation: GenerationArguments
     critic: CriticConfig
-    training: Any  # trl.SFTConfig
+    training: dict[str, Any]  # resolved trl.SFTConfig fields; `sft_config()` builds the object where training runs
     loop: LoopConfig
     path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data: what goes into recipe.yaml and into stage fingerprints."""
-        value = getattr(self, name)
         if name == "training":
-            return _training_dict(value)
-        return dataclasses.asdict(value)
+            return {k: v for k, v in self.training.items() if k not in _UNRECORDED_TRAINING_KEYS}
+        return dataclasses.asdict(getattr(self, name))
+
+    def sft_config(self, **changes: Any):
+        """The `SFTConfig`, built on the machine that trains: its checks (bf16 needs a GPU) are about that machine."""
+        return _sft_config()(**{**self.training, **changes})
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: self.section(name) for name in SECTIONS}
@@ -222,23 +217,31 @@ class Recipe:
         return ModelSpec(**{**base, "adapter": None})
 
 
-def _training_dict(args) -> dict[str, Any]:
-    """SFTConfig as YAML-safe data. Not `to_dict()`: that masks every `*_token` field, `eos_token` included."""
-    from enum import Enum
+def _training_values(parser, args: list[str]) -> dict[str, Any]:
+    """SFTConfig field values, checked by building an SFTConfig with the hardware-bound precision flags off.
 
-    data = {}
-    for f in dataclasses.fields(args):
-        if not f.init or f.name in _UNRECORDED_TRAINING_KEYS:
-            continue
-        value = getattr(args, f.name)
-        if isinstance(value, Enum):
-            value = value.value
-        elif isinstance(value, list):
-            value = [v.value if isinstance(v, Enum) else v for v in value]
-        elif hasattr(value, "to_dict"):
-            value = value.to_dict()
-        data[f.name] = value
-    return data
+    The recipe keeps the values as written: a bf16 GPU recipe parses (and is tested) on a CPU machine.
+    """
+    namespace, remaining = parser.parse_known_args(args=args)
+    if remaining:
+        raise ValueError(f"could not parse {remaining}")
+    sft_config = _sft_config()
+    names = {f.name for f in dataclasses.fields(sft_config) if f.init}
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        sft_config(**{**values, "bf16": False, "fp16": False, "output_dir": values.get("output_dir") or "unused"})
+        # Deprecated aliases resolve to their new names; record only those.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if values.get(new) is None and values.get(old) is not None:
+                values[new] = values[old]
+            values.pop(old, None)
+    return values
 
 
 def _section_class(name: str):
@@ -330,8 +333,11 @@ def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = N
             )
         parser.set_defaults_with_config(**values)
         try:
-            (parsed[name],) = parser.parse_args_into_dataclasses(args=routed[name])
-        except (SystemExit, ValueError) as error:
+            if name == "training":
+                parsed[name] = _training_values(parser, routed[name])
+            else:
+                (parsed[name],) = parser.parse_args_into_dataclasses(args=routed[name])
+        except (SystemExit, ValueError, TypeError) as error:
             raise RecipeError(f"Invalid value in section '{name}' of {where}: {error}") from error
     return Recipe(**parsed, path=str(path) if path else None)
 

@@ -353,15 +353,8 @@ class Loop:
                     f"(see {self.run.stage_dir('selected', iteration)}/stage.json). Lower the critic thresholds, "
                     "sample more candidates, or set loop.train: false."
                 )
-            return train_adapter(
-                rows,
-                self.recipe.model,
-                self.recipe.training,
-                out,
-                init_adapter=init_adapter,
-                seed=seed,
-                checkpoint_dir=out.parent / ".train-checkpoints",
-            )
+            args = self.recipe.sft_config(output_dir=str(out.parent / ".train-checkpoints"), seed=seed)
+            return train_adapter(rows, self.recipe.model, args, out, init_adapter=init_adapter)
 
         return self._stage("adapter", iteration, config, [data_fp, init_fp], models, write)
 

@@ -7,7 +7,6 @@ PEFT folder: `PeftModel.from_pretrained(base, path)` loads it with no help from 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -27,34 +26,20 @@ def lora_config(model_args):
     )
 
 
-def train_adapter(
-    rows,
-    model_args,
-    training_args,
-    output_dir: Path,
-    *,
-    checkpoint_dir: Path,
-    init_adapter: str | None = None,
-    seed: int = 42,
-) -> dict:
+def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str | None = None) -> dict:
     """Train on `rows` (a `datasets.Dataset` of prompt/completion) and save the adapter to `output_dir`.
 
-    Checkpoints go to `checkpoint_dir`, outside the adapter folder, which is written once training is over.
+    `args` is the run's `SFTConfig`; its `output_dir` holds checkpoints, outside the adapter folder, which is written
+    once training is over. Loss is on the completion only unless the recipe says otherwise.
     """
     from trl import SFTTrainer
 
     from ..models import load_causal_lm, load_tokenizer
 
+    if args.completion_only_loss is None:
+        args.completion_only_loss = True
     tokenizer = load_tokenizer(model_args, padding_side="right")
     model = load_causal_lm(model_args, adapter=init_adapter, trainable=True)
-    args = dataclasses.replace(
-        training_args,
-        output_dir=str(checkpoint_dir),
-        seed=seed,
-        completion_only_loss=True
-        if training_args.completion_only_loss is None
-        else training_args.completion_only_loss,
-    )
     trainer = SFTTrainer(
         model=model,
         args=args,
