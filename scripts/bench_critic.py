@@ -1,0 +1,122 @@
+"""Critic throughput: next-token-probability experts against a judge that generates an answer and parses it.
+
+Both arms ask the same judge model the same questions: faithfulness and toxicity (Yes/No) for every candidate, and
+each FED policy (1/2) for every ordered pair of a user pair's candidates. The full critic reads the answer options'
+probabilities in batched forward passes; the naive judge generates up to `--answer_tokens` tokens per question, one
+question at a time, and parses "Yes"/"No"/"1"/"2" from the text (counting answers it cannot parse).
+
+Usage:
+    python scripts/bench_critic.py                                   # tiny judge, CPU (builds it if missing)
+    python scripts/bench_critic.py --arch qwen2.5-1.5b --pairs 64    # GPU, random weights, bf16
+
+The last line is `speedup vs naive: N.Nx` (candidates judged per second, critic / naive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-models/generator", help="Judge model folder (tiny by default).")
+    parser.add_argument("--arch", help="Random-weight judge of this architecture (see bench_generate.py ARCHS).")
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--answer_tokens", type=int, default=16, help="Naive judge: tokens generated per answer.")
+    parser.add_argument("--batch_tokens", type=int, default=1 << 16)
+    parser.add_argument("--dtype", default="auto")
+    return parser
+
+
+def questions_for(candidates: list[dict]) -> list[tuple[str, list[str]]]:
+    """Every question the full critic asks (five FED policies, faithfulness, toxicity), with its answer options."""
+    from spc_train.critic.faithfulness import faithfulness_question
+    from spc_train.critic.fed import POLICIES, pairwise_question
+    from spc_train.critic.toxicity import QUESTION as TOXICITY
+    from spc_train.data import format_conversation
+
+    asked = []
+    for c in candidates:
+        asked.append((faithfulness_question(c), ["Yes", "No"]))
+        asked.append((TOXICITY.format(conversation=format_conversation(c["turns"])), ["Yes", "No"]))
+    for policy in POLICIES:
+        for a in candidates:
+            for b in candidates:
+                if a is not b and a["pair_id"] == b["pair_id"]:
+                    asked.append((pairwise_question(policy, a, b), ["1", "2"]))
+    return asked
+
+
+def main() -> None:
+    args = make_parser().parse_args()
+    import torch
+    from bench_generate import ARCHS, load
+
+    from spc_train.critic.faithfulness import FaithfulnessExpert
+    from spc_train.critic.fed import POLICIES, FedPolicyExpert
+    from spc_train.critic.registry import critique
+    from spc_train.critic.scoring import Judge
+    from spc_train.critic.toxicity import ToxicityExpert
+    from spc_train.data import read_seed
+    from spc_train.tiny import default_seed_path
+
+    if args.arch and args.arch not in ARCHS:
+        raise SystemExit(f"--arch must be one of {sorted(ARCHS)}")
+    model, tokenizer, device = load(args)
+    records = read_seed(str(default_seed_path())).records
+    # Candidates: real SPC conversations (cut to 12 turns), grouped into pairs of n candidates.
+    candidates = [
+        {
+            **records[i],
+            "turns": records[i]["turns"][:12],
+            "pair_id": f"pair-{i // args.candidates}",
+            "candidate": i % args.candidates,
+            "parsed": True,
+        }
+        for i in range(args.pairs * args.candidates)
+    ]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    judge = Judge(model, tokenizer, batch_tokens=args.batch_tokens)
+    experts = [FaithfulnessExpert("faithfulness", judge, 0.5), ToxicityExpert("toxicity", 0.5, judge=judge)]
+    experts += [FedPolicyExpert(policy, judge) for policy in POLICIES]
+    asked = questions_for(candidates)
+    print(
+        f"judge: {args.arch or args.model} ({device}); {args.pairs} pairs x {args.candidates} candidates; "
+        f"{len(asked)} questions (faithfulness, toxicity, {len(POLICIES)} FED policies in both orders)"
+    )
+
+    critique(candidates[: args.candidates], experts)  # warm-up
+    sync()
+    start = time.perf_counter()
+    critique(candidates, experts)
+    sync()
+    critic_s = time.perf_counter() - start
+
+    unparsed = 0
+    sync()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for question, options in asked:
+            prompt = judge.render(question)
+            encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+            out = model.generate(
+                **encoded, max_new_tokens=args.answer_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            answer = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            found = re.search(r"\b(" + "|".join(options) + r")\b", answer)
+            unparsed += found is None
+    sync()
+    naive_s = time.perf_counter() - start
+
+    n = len(candidates)
+    print(f"{'arm':<16}{'seconds':>10}{'candidates/s':>14}{'questions/s':>13}{'unparsed':>10}")
+    print(f"{'generate+parse':<16}{naive_s:>10.2f}{n / naive_s:>14.2f}{len(asked) / naive_s:>13.1f}{unparsed:>10}")
+    print(f"{'option probs':<16}{critic_s:>10.2f}{n / critic_s:>14.2f}{len(asked) / critic_s:>13.1f}{0:>10}")
+    print(f"speedup vs naive: {naive_s / critic_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
