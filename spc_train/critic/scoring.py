@@ -67,8 +67,8 @@ class Judge:
         """P(option) for each question, renormalised over `options`; rows follow `questions`' order."""
         option_ids = [option_token_ids(self.tokenizer, option) for option in options]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        encoded = [self._fit(self.tokenizer(self.render(q), add_special_tokens=False)["input_ids"]) for q in questions]
         before = self.truncated
+        encoded = [self._fit(self.tokenizer(self.render(q), add_special_tokens=False)["input_ids"]) for q in questions]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[float]] = [[] for _ in questions]
         start = 0
@@ -88,9 +88,11 @@ class Judge:
             logits = self.model(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device)
             ).logits[:, -1, :]
-            probs = logits.float().softmax(-1)
-            mass = torch.stack([probs[:, ids].sum(-1) for ids in option_ids], dim=-1)
-            mass = mass / mass.sum(-1, keepdim=True).clamp(min=1e-12)
+            # Renormalise in log space: the vocabulary's normaliser cancels, and a judge that prefers some third
+            # token by a wide margin still gives the options' true ratio instead of underflowing to 0 / 0.
+            logits = logits.float()
+            option_logits = torch.stack([logits[:, ids].logsumexp(-1) for ids in option_ids], dim=-1)
+            mass = option_logits.softmax(-1)
             for row, index in enumerate(batch):
                 results[index] = mass[row].tolist()
         if self.truncated > before:

@@ -1,0 +1,473 @@
+"""The generator: the paper's prompt, few-shot examples, batch planning, sampling, shards and resume.
+
+Sampling runs a tiny random Llama with a tokenizer trained in-test; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from spc_train.generation import engine
+from spc_train.generation.candidates import (
+    fit_prompt,
+    generate_shards,
+    parse_candidate,
+    pick_examples,
+    read_shards,
+)
+from spc_train.generation.engine import Sample, batch_seed, plan_batches, sample_conversations, stop_token_ids
+from spc_train.generation.prompts import INSTRUCTION, REQUEST, generator_prompt, render
+
+# PAPER.md §1.4 (Table 6 of the paper), word for word.
+PAPER_INSTRUCTION = (
+    "Here, we list the profiles of two users, user 1 and user 2, followed by an interesting and natural conversation "
+    "between user 1 and user 2, which implicitly reflects their user profiles."
+)
+PAPER_REQUEST = (
+    "Give me more examples like this. The conversation must be more than 5 turns and less than 8 turns. The "
+    "conversation must be natural, and not direct copies of their profiles."
+)
+
+
+def record(pair_id: str, user1: list[str], user2: list[str], *lines: str) -> dict:
+    return {
+        "pair_id": pair_id,
+        "user1_persona": user1,
+        "user2_persona": user2,
+        "turns": [{"speaker": 1 + i % 2, "text": text} for i, text in enumerate(lines)],
+    }
+
+
+PAIRS = [
+    record(f"pair-{i}", [f"I have {i} cats.", "I like to swim."], [f"I live in city {i}.", "I play the guitar."])
+    for i in range(5)
+]
+POOL = [
+    record("pair-0", ["I have 0 cats."], ["I live in city 0."], "hi, do you have cats?", "no, I live in a city."),
+    record("seed-a", ["I love hiking."], ["I am a nurse."], "hello, do you hike?", "yes, every weekend.", "nice!"),
+    record("seed-b", ["I bake bread."], ["I have a dog."], "I baked bread today.", "my dog would love it."),
+    record("seed-c", ["I am a teacher."], ["I play chess."], "what do you teach?", "math. do you play chess?"),
+    record("pair-1", ["I have 1 cats."], ["I live in city 1."], "I have a cat.", "I live in the city."),
+]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and busy threads stall badly on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from spc_train.tiny import train_tokenizer
+
+    texts = [INSTRUCTION, REQUEST] + [generator_prompt(r, [POOL[1], POOL[2]]) for r in PAIRS + POOL]
+    return train_tokenizer(texts * 3, vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_llama(tok)
+
+
+def tiny_llama(tok, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def as_tuples(results: list[list[Sample]]) -> list[list[tuple]]:
+    return [[(s.text, s.num_tokens, s.finish_reason) for s in samples] for samples in results]
+
+
+# -- the prompt ---------------------------------------------------------------------------------------------------
+def test_generator_prompt_follows_the_paper_template():
+    assert INSTRUCTION == PAPER_INSTRUCTION
+    assert REQUEST == PAPER_REQUEST
+    target = record("t", ["I like cats.", "I swim."], ["I have a dog."])
+    example = record("e", ["I bake."], ["I run.", "I sing."], "hi", "hello")
+    other = record("o", ["I read."], ["I write."], "books?", "pens!")
+
+    assert generator_prompt(target, [example, other]) == (
+        f"{PAPER_INSTRUCTION}\n\n"
+        "User 1 Profile: I bake.\nUser 2 Profile: I run. I sing.\nConversation:\nUser 1: hi\nUser 2: hello\n\n"
+        "User 1 Profile: I read.\nUser 2 Profile: I write.\nConversation:\nUser 1: books?\nUser 2: pens!\n\n"
+        f"{PAPER_REQUEST}\n"
+        "User 1 Profile: I like cats. I swim.\nUser 2 Profile: I have a dog."
+    )
+    # Zero-shot: the same frame without examples; the target's own turns never appear.
+    zero_shot = generator_prompt({**target, "turns": [{"speaker": 1, "text": "SECRET"}]}, [])
+    assert zero_shot == (
+        f"{PAPER_INSTRUCTION}\n\n{PAPER_REQUEST}\nUser 1 Profile: I like cats. I swim.\nUser 2 Profile: I have a dog."
+    )
+    assert "Conversation:" not in zero_shot
+
+
+def test_render_uses_the_chat_template_or_a_completion_cue(tok):
+    prompt = generator_prompt(PAIRS[0], [])
+    assert render(tok, prompt) == f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    assert render(SimpleNamespace(chat_template=None), prompt) == prompt + "\nConversation:\n"
+
+
+def test_fit_prompt_drops_examples_from_the_end_until_the_prompt_fits(tok):
+    pair, examples = PAIRS[2], POOL[1:4]
+
+    def length(k):
+        return len(tok(render(tok, generator_prompt(pair, examples[:k])), add_special_tokens=False)["input_ids"])
+
+    lengths = [length(k) for k in range(4)]
+    assert lengths == sorted(set(lengths))  # strictly longer with every example
+
+    for budget, expected in [
+        (None, 3),
+        (lengths[3], 3),
+        (lengths[3] - 1, 2),
+        (lengths[2], 2),
+        (lengths[1] + 1, 1),
+        (lengths[1] - 1, 0),
+        (lengths[0], 0),
+        (1, 0),  # too small even for the target alone: the target-only prompt all the same
+    ]:
+        text, used = fit_prompt(tok, pair, examples, budget)
+        assert used == expected, budget
+        assert text == render(tok, generator_prompt(pair, examples[:expected]))
+    assert fit_prompt(tok, pair, [], 1) == (render(tok, generator_prompt(pair, [])), 0)
+
+
+def test_pick_examples_excludes_the_pairs_own_conversations_and_is_deterministic():
+    pair = PAIRS[0]
+    for seed in range(30):
+        picked = pick_examples(POOL, pair, 2, seed=seed, iteration=1)
+        assert len(picked) == 2
+        assert all(example["pair_id"] != "pair-0" for example in picked)
+        random.seed(seed)  # the global random state plays no part
+        assert pick_examples(POOL, pair, 2, seed=seed, iteration=1) == picked
+    # Only the pair's id matters, not its other fields nor what was picked for other pairs before.
+    again = pick_examples(POOL, {"pair_id": "pair-0"}, 2, seed=7, iteration=1)
+    pick_examples(POOL, PAIRS[3], 2, seed=7, iteration=1)
+    assert pick_examples(POOL, pair, 2, seed=7, iteration=1) == again
+
+    # The draw depends on each of seed, iteration and pair id (pairs 2-4 have no conversation in the pool).
+    def draws(pairs, seeds, iterations):
+        return {
+            tuple(r["pair_id"] for r in pick_examples(POOL, p, 2, seed=s, iteration=i))
+            for p in pairs
+            for s in seeds
+            for i in iterations
+        }
+
+    assert len(draws(PAIRS[2:5], [0], [0])) > 1
+    assert len(draws(PAIRS[2:3], range(10), [0])) > 1
+    assert len(draws(PAIRS[2:3], [0], range(10))) > 1
+    # Asking for more than there are gives all the others (in some order); none gives none.
+    everything = pick_examples(POOL, pair, 10, seed=0, iteration=0)
+    assert sorted(r["pair_id"] for r in everything) == ["pair-1", "seed-a", "seed-b", "seed-c"]
+    assert pick_examples(POOL, pair, 0, seed=0, iteration=0) == []
+
+
+# -- planning and sampling --------------------------------------------------------------------------------------------
+def test_plan_batches_exact():
+    # Longest first: 50 | 30, 30 | 10, 5 under 200 tokens (padded width + 10 new tokens) x 2 samples x batch size.
+    assert plan_batches([10, 50, 30, 30, 5], max_new_tokens=10, n=2, batch_tokens=200) == [[1], [2, 3], [0, 4]]
+    # A prompt over the budget on its own still gets a batch of its own.
+    assert plan_batches([500, 20, 20], max_new_tokens=10, n=2, batch_tokens=200) == [[0], [1, 2]]
+    assert plan_batches([], max_new_tokens=10, n=2, batch_tokens=200) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_batches_properties(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 60))]
+    max_new, n, budget = rng.randint(1, 50), rng.randint(1, 4), rng.randint(100, 3000)
+    batches = plan_batches(lengths, max_new, n, budget)
+
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))  # every prompt exactly once
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
+    for batch in batches:
+        width = max(lengths[i] for i in batch) + max_new
+        assert len(batch) == 1 or width * n * len(batch) <= budget
+    # Greedy: the next prompt would not have fitted into the previous batch.
+    for batch, following in zip(batches, batches[1:]):
+        width = max(lengths[i] for i in batch + following[:1]) + max_new
+        assert width * n * (len(batch) + 1) > budget
+
+
+def test_stop_token_ids(model, tok):
+    assert stop_token_ids(model, tok) == [tok.eos_token_id]
+    model.generation_config.eos_token_id = [tok.eos_token_id, 7]
+    try:
+        assert stop_token_ids(model, tok) == sorted({tok.eos_token_id, 7})
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def prompts_and_keys(tok, count=3):
+    prompts = [render(tok, generator_prompt(PAIRS[i], POOL[1 : 1 + i % 3])) for i in range(count)]
+    return prompts, [p["pair_id"] for p in PAIRS[:count]]
+
+
+def sample(model, tok, prompts, keys, *, n=2, max_new_tokens=5, batch_tokens=100_000, seed=0, **kwargs):
+    kwargs = {"do_sample": True, "top_k": 50, "max_new_tokens": max_new_tokens, **kwargs}
+    return sample_conversations(
+        model, tok, prompts, keys, n=n, generation_kwargs=kwargs, batch_tokens=batch_tokens, seed=seed
+    )
+
+
+def test_sample_conversations_shape_length_and_determinism(model, tok):
+    prompts, keys = prompts_and_keys(tok)
+    assert len({len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]}) == 3
+    no_stop = {"suppress_tokens": [tok.eos_token_id]}
+    results = sample(model, tok, prompts, keys, n=3, **no_stop)
+
+    assert [len(samples) for samples in results] == [3, 3, 3]
+    for samples in results:
+        for s in samples:
+            assert s.num_tokens == 5 and s.finish_reason == "length"
+            assert s.text == s.text.strip()
+    assert len({s.text for samples in results for s in samples}) == 9  # a random model does not repeat itself
+
+    assert as_tuples(sample(model, tok, prompts, keys, n=3, **no_stop)) == as_tuples(results)
+    assert as_tuples(sample(model, tok, prompts, keys, n=3, seed=1, **no_stop)) != as_tuples(results)
+    # One batch is seeded from its first (longest) prompt's key: the input order does not matter.
+    shuffled = sample(model, tok, prompts[::-1], keys[::-1], n=3, **no_stop)
+    assert as_tuples(shuffled[::-1]) == as_tuples(results)
+
+
+def test_a_batch_is_seeded_from_its_own_first_prompt(model, tok):
+    prompts, keys = prompts_and_keys(tok)
+    # A budget so small that every prompt is a batch of its own: its samples do not depend on the other batches.
+    together = sample(model, tok, prompts, keys, batch_tokens=1)
+    for i in range(3):
+        assert as_tuples(sample(model, tok, [prompts[i]], [keys[i]], batch_tokens=1)) == as_tuples([together[i]])
+
+
+class StopAfter:
+    """A logits processor that makes sample j of every prompt end with `stop_id` after j + 1 tokens."""
+
+    def __init__(self, n, stop_id):
+        self.n, self.stop_id, self.prompt_width = n, stop_id, None
+
+    def __call__(self, input_ids, scores):
+        if self.prompt_width is None:
+            self.prompt_width = input_ids.shape[1]
+        step = input_ids.shape[1] - self.prompt_width
+        for row in range(scores.shape[0]):
+            if step == row % self.n + 1:
+                scores[row] = -float("inf")
+                scores[row, self.stop_id] = 0.0
+        return scores
+
+
+def test_samples_end_at_the_first_stop_token(model, tok):
+    from transformers import LogitsProcessorList
+
+    prompts, keys = prompts_and_keys(tok)
+    processor = StopAfter(n=3, stop_id=tok.eos_token_id)
+    results = sample(model, tok, prompts, keys, n=3, logits_processor=LogitsProcessorList([processor]))
+    for samples in results:
+        assert [(s.num_tokens, s.finish_reason) for s in samples] == [(1, "stop"), (2, "stop"), (3, "stop")]
+        for s in samples:
+            assert "<|im_end|>" not in s.text and "<|endoftext|>" not in s.text
+
+
+class FakeTokenizer:
+    """Just enough of a tokenizer for `sample_conversations` when `_generate` is faked: one token per character."""
+
+    padding_side, eos_token_id, pad_token_id, unk_token_id = "right", None, 0, None
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(range(len(text))) for text in texts]}
+
+    def convert_tokens_to_ids(self, token):
+        return None
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(monkeypatch):
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, n, generation_kwargs, stop_ids):
+        calls.append((list(prompts), torch.initial_seed()))
+        if len(prompts) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [[Sample(f"{p}#{j}", j, "length") for j in range(n)] for p in prompts]
+
+    monkeypatch.setattr(engine, "_generate", fake_generate)
+    tokenizer = FakeTokenizer()
+    prompts = ["ccc", "a", "eeeee", "bb", "dddd"]
+    keys = [f"key-{p}" for p in prompts]
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
+    progress = SimpleNamespace(done=[])
+    progress.update = progress.done.append
+
+    results = sample_conversations(
+        model,
+        tokenizer,
+        prompts,
+        keys,
+        n=2,
+        generation_kwargs={"max_new_tokens": 1},
+        batch_tokens=10_000,
+        seed=5,
+        progress=progress,
+    )
+    assert [[s.text for s in samples] for samples in results] == [[f"{p}#0", f"{p}#1"] for p in prompts]
+    # Longest first: all 5 fail, then 2 (fit) + 3 (fail), then 1 + 2.
+    assert [batch for batch, _ in calls] == [
+        ["eeeee", "dddd", "ccc", "bb", "a"],
+        ["eeeee", "dddd"],
+        ["ccc", "bb", "a"],
+        ["ccc"],
+        ["bb", "a"],
+    ]
+    # Every retried half is seeded from its own first prompt.
+    assert [seed for _, seed in calls] == [batch_seed(5, f"key-{batch[0]}") for batch, _ in calls]
+    assert progress.done == [2, 1, 2]
+    assert tokenizer.padding_side == "left"
+
+    def always_oom(*args):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(engine, "_generate", always_oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        sample_conversations(model, tokenizer, ["x"], ["k"], n=1, generation_kwargs={}, batch_tokens=10_000, seed=0)
+
+
+def test_out_of_memory_with_a_real_model(model, tok, monkeypatch):
+    prompts, keys = prompts_and_keys(tok)
+    real = engine._generate
+    sizes = []
+
+    def small_memory(model, tokenizer, batch, *args):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return real(model, tokenizer, batch, *args)
+
+    monkeypatch.setattr(engine, "_generate", small_memory)
+    halved = sample(model, tok, prompts, keys)
+    assert sizes == [3, 1, 2, 1, 1]
+    monkeypatch.setattr(engine, "_generate", real)
+    # Down to one prompt per batch, each prompt gets exactly what it gets when it runs alone.
+    assert as_tuples(halved) == as_tuples(sample(model, tok, prompts, keys, batch_tokens=1))
+
+
+# -- shards and resume ------------------------------------------------------------------------------------------------
+def generation_args(**overrides) -> SimpleNamespace:
+    args = {
+        "shard_size": 2,
+        "max_prompt_tokens": None,
+        "max_new_tokens": 6,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+        "num_candidates": 2,
+        "batch_tokens": 100_000,
+        "min_turns": 2,
+    }
+    return SimpleNamespace(**{**args, **overrides})
+
+
+def run_shards(model, tok, folder, **kwargs):
+    options = {"args": generation_args(), "seed": 3, "iteration": 1, "few_shot_examples": 2, **kwargs}
+    return generate_shards(model, tok, PAIRS, POOL, folder, **options)
+
+
+def test_generate_shards_writes_every_shard_and_resumes_only_the_missing_one(model, tok, tmp_path):
+    folder = tmp_path / "candidates"
+    stats = run_shards(model, tok, folder)
+    assert stats["shards_generated"] == 3 and stats["num_shards"] == 3
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
+
+    rows = read_shards(folder, 3)
+    assert [(r["pair_id"], r["candidate"]) for r in rows] == [(p["pair_id"], c) for p in PAIRS for c in range(2)]
+    for r in rows:
+        assert r["iteration"] == 1 and r["few_shot_examples"] == 2
+        assert r["user1_persona"] == PAIRS[int(r["pair_id"][-1])]["user1_persona"]
+        assert 0 <= r["num_tokens"] <= 6
+        assert r["finish_reason"] == ("length" if r["num_tokens"] == 6 else "stop")
+        assert isinstance(r["text"], str)
+        assert {k: r[k] for k in ("turns", "parsed", "skipped_lines")} == parse_candidate(r["text"], 2)
+    assert stats["new_tokens"] == sum(r["num_tokens"] for r in rows)
+    assert stats["examples_dropped"] == 0
+
+    untouched = {name: (folder / name).stat().st_mtime_ns for name in ("shard-00000.jsonl", "shard-00002.jsonl")}
+    (folder / "shard-00001.jsonl").unlink()
+    assert read_shards(folder, 3) is None
+
+    again = run_shards(model, tok, folder)
+    assert again["shards_generated"] == 1 and again["num_shards"] == 3
+    assert again["new_tokens"] == sum(r["num_tokens"] for r in rows[4:8])
+    assert read_shards(folder, 3) == rows
+    assert {name: (folder / name).stat().st_mtime_ns for name in untouched} == untouched
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+    # Another process owns shard 1 of 3 when two share the work, and writes the same rows.
+    other = tmp_path / "process-1"
+    split = run_shards(model, tok, other, process_index=1, num_processes=2)
+    assert split["shards_generated"] == 1
+    assert sorted(p.name for p in other.iterdir()) == ["shard-00001.jsonl"]
+    assert read_shards(other, 2) is None
+    assert (other / "shard-00001.jsonl").read_text() == (folder / "shard-00001.jsonl").read_text()
+
+    # Nothing is missing: nothing to do.
+    assert run_shards(model, tok, folder)["shards_generated"] == 0
+
+
+def test_generate_shards_drops_examples_to_fit_the_prompt_budget(model, tok, tmp_path):
+    args = generation_args(max_prompt_tokens=1, shard_size=10)
+    stats = generate_shards(model, tok, PAIRS[:2], POOL, tmp_path, args=args, seed=0, iteration=0, few_shot_examples=2)
+    assert stats["examples_dropped"] == 4
+    rows = read_shards(tmp_path, 1)
+    assert [r["few_shot_examples"] for r in rows] == [0, 0, 0, 0]
+    assert [r["source"] for r in rows] == ["generated:iter-00"] * 4
+
+
+# -- parsing candidates -----------------------------------------------------------------------------------------------
+def test_parse_candidate():
+    text = "User 1: hi\nUser 2: hello\nUser 1: how are you\nUser 2: fine"
+    parsed = parse_candidate(text, min_turns=4)
+    assert parsed == {
+        "turns": [
+            {"speaker": 1, "text": "hi"},
+            {"speaker": 2, "text": "hello"},
+            {"speaker": 1, "text": "how are you"},
+            {"speaker": 2, "text": "fine"},
+        ],
+        "parsed": True,
+        "skipped_lines": 0,
+    }
+    assert parse_candidate(text, min_turns=5)["parsed"] is False  # too short
+    one_speaker = parse_candidate("User 1: hi\nUser 1: hello\nUser 1: anyone?\nUser 1: no?", min_turns=4)
+    assert one_speaker["parsed"] is False and len(one_speaker["turns"]) == 4
+    noisy = parse_candidate("Sure! Here it is:\nUser 1: hi\nUser 2: hey\n(they leave)", min_turns=2)
+    assert noisy["parsed"] is True and noisy["skipped_lines"] == 2
+    for garbage in ["", "\n\n", "User 3: who?", "::::", "\x00\ufffd", "User 1:"]:
+        result = parse_candidate(garbage, min_turns=1)
+        assert result["parsed"] is False and result["turns"] == []
