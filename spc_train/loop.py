@@ -69,27 +69,38 @@ class Loop:
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Build the tiny models if the recipe asks for them, then check every model before any work starts."""
+        from accelerate import PartialState
+
         from .models import check_available, check_spec
 
+        state = PartialState()
         recipe = self.recipe
         if recipe.loop.tiny_models_dir:
             from .tiny import build_tiny_models, tiny_models_ready
 
-            if not tiny_models_ready(recipe.loop.tiny_models_dir):
-                logger.info(
-                    "Tiny models missing: building them in %s (once, about a minute).", recipe.loop.tiny_models_dir
-                )
-                report = build_tiny_models(recipe.loop.tiny_models_dir)
-                logger.info("Tiny generator parse rate after warm-start: %.0f%%.", 100 * report["parse_rate"])
+            with state.main_process_first():  # one process builds them; the others then find them ready
+                if not tiny_models_ready(recipe.loop.tiny_models_dir):
+                    logger.info(
+                        "Tiny models missing: building them in %s (about two minutes).", recipe.loop.tiny_models_dir
+                    )
+                    report = build_tiny_models(recipe.loop.tiny_models_dir)
+                    logger.info("Tiny generator parse rate after warm-start: %.0f%%.", 100 * report["parse_rate"])
         check_spec(recipe.model, "generator")
         check_spec(recipe.judge_spec(), "judge")
         if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
             check_available(recipe.critic.toxicity_model, "toxicity classifier")
-        self.run.root.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, self.run.root / "recipe.yaml")
-        self.run.update_manifest(
-            packages=package_versions(), seed=recipe.loop.seed, models=self.identities(), recipe=recipe.path
-        )
+        identities = self.identities()
+        if state.is_main_process:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            save_recipe(recipe, self.run.root / "recipe.yaml")
+            self.run.update_manifest(
+                packages=package_versions(),
+                seed=recipe.loop.seed,
+                models=identities,
+                recipe=recipe.path,
+                processes=state.num_processes,
+            )
+        state.wait_for_everyone()
 
     def identities(self) -> dict[str, Any]:
         from .models import identity, spec_identity
@@ -113,7 +124,17 @@ class Loop:
             )
         return folder, record["fingerprint"]
 
-    def _stage(self, name: str, iteration: int | None, config: Any, inputs: list[str], models: dict, write) -> str:
+    def _stage(
+        self, name: str, iteration: int | None, config: Any, inputs: list[str], models: dict, write, parallel=None
+    ) -> str:
+        """Skip if done; else `parallel(fp)` on every process (its share), then `write` on the main process only.
+
+        Under `accelerate launch` every process computes the same fingerprints from the same run directory, so all
+        agree on what to skip; only the main process writes shared files. With one process the barriers are no-ops.
+        """
+        from accelerate import PartialState
+
+        state = PartialState()
         folder = self.run.stage_dir(name, iteration)
         fp = fingerprint(name, config, inputs, models, self.recipe.loop.seed)
         label = folder.relative_to(self.run.root).as_posix()
@@ -121,8 +142,13 @@ class Loop:
             logger.info("skip %-22s (done, fingerprint %s)", label, fp)
             return fp
         logger.info("run  %-22s", label)
-        record = self.run.commit(folder, fp, write, stage=name)
-        logger.info("done %-22s in %.1fs", label, record["seconds"])
+        if parallel is not None:
+            parallel(fp)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            record = self.run.commit(folder, fp, write, stage=name)
+            logger.info("done %-22s in %.1fs", label, record["seconds"])
+        state.wait_for_everyone()
         return fp
 
     # -- stages ---------------------------------------------------------------------------------------------------
@@ -201,7 +227,12 @@ class Loop:
         return str(folder), fp
 
     def stage_generate(self, iteration: int) -> str:
-        from .generation.candidates import generate_shards, read_shards
+        """Candidates. Every process generates its shards (data parallel); the main process merges them in order."""
+        import shutil
+
+        from accelerate import PartialState
+
+        from .generation.candidates import generate_shards, read_shards, save_generation_config
         from .models import load_causal_lm, load_tokenizer
 
         pairs_dir, pairs_fp = self._input("pairs")
@@ -214,48 +245,58 @@ class Loop:
         models = {"generator": self.identities()["generator"]}
         seed = self.recipe.loop.seed
         shards_dir = self.run.stage_dir("candidates", iteration).with_name(".candidates.shards")
+        state = PartialState()
+        stats: dict[str, Any] = {}
+        loaded: dict[str, Any] = {}
 
-        def write(out: Path) -> dict:
+        def generate(fp: str) -> None:
             # Shards of an older fingerprint are not ours to resume from.
             marker = shards_dir / "FINGERPRINT"
-            fp_now = fingerprint("candidates", config, inputs, models, seed)
-            if marker.exists() and marker.read_text() != fp_now:
-                import shutil
-
-                shutil.rmtree(shards_dir)
-            shards_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(fp_now)
+            if state.is_main_process:
+                if marker.exists() and marker.read_text() != fp:
+                    shutil.rmtree(shards_dir)
+                shards_dir.mkdir(parents=True, exist_ok=True)
+                marker.write_text(fp)
+            state.wait_for_everyone()
             pairs = _load(pairs_dir)
             pool = [row for folder in pool_dirs for row in _load(folder)]
-            tokenizer = load_tokenizer(self.recipe.model)
-            model = load_causal_lm(self.recipe.model, adapter=adapter)
-            stats = generate_shards(
-                model,
-                tokenizer,
-                pairs,
-                pool,
-                shards_dir,
-                args=args,
-                seed=seed,
-                iteration=iteration,
-                few_shot_examples=shots,
+            loaded["tokenizer"] = load_tokenizer(self.recipe.model)
+            loaded["model"] = load_causal_lm(self.recipe.model, adapter=adapter)
+            stats.update(
+                generate_shards(
+                    loaded["model"],
+                    loaded["tokenizer"],
+                    pairs,
+                    pool,
+                    shards_dir,
+                    args=args,
+                    seed=seed,
+                    iteration=iteration,
+                    few_shot_examples=shots,
+                    process_index=state.process_index,
+                    num_processes=state.num_processes,
+                ),
+                pairs=len(pairs),
             )
-            rows = read_shards(shards_dir, stats["num_shards"])
-            _save(rows, out)
-            import shutil
 
+        def write(out: Path) -> dict:
+            rows = read_shards(shards_dir, stats["num_shards"])
+            if rows is None:
+                raise RuntimeError(f"A shard is missing from {shards_dir} after generation; re-run to resume.")
+            _save(rows, out)
+            save_generation_config(loaded["model"], loaded["tokenizer"], args, out)
             shutil.rmtree(shards_dir)
             return {
                 "rows": len(rows),
-                "pairs": len(pairs),
                 "adapter": adapter,
                 "few_shot_examples": shots,
+                "processes": state.num_processes,
                 "parse_rate": _mean(float(r["parsed"]) for r in rows),
                 "stopped_rate": _mean(float(r["finish_reason"] == "stop") for r in rows),
                 **stats,
             }
 
-        return self._stage("candidates", iteration, config, inputs, models, write)
+        return self._stage("candidates", iteration, config, inputs, models, write, parallel=generate)
 
     def stage_critique(self, iteration: int) -> str:
         from .critic.registry import build_experts, critique

@@ -203,3 +203,28 @@ def test_stage_alone_needs_its_inputs(tiny_models, tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_models)
     assert main(["critique", "--config", str(recipe), "--run_dir", str(tmp_path / "run"), "--iteration", "0"]) == 2
     assert "spc-train generate --iteration 0" in capsys.readouterr().err
+
+
+def test_two_processes_generate_the_same_candidates(demo_run, tmp_path):
+    """Data-parallel generation (torchrun, 2 CPU processes over gloo) merges to the single-process result."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import GenerationConfig
+
+    recipe, run = demo_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for stage in ("seed", "pairs"):
+        shutil.copytree(run / stage, copy / stage)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    command += ["-m", "spc_train.cli", "generate", "--config", str(recipe), "--run_dir", str(copy), "--iteration", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = read_stage(copy / "iter-00" / "candidates")
+    assert stats["processes"] == 2
+    assert load(copy / "iter-00" / "candidates") == load(run / "iter-00" / "candidates")
+    saved = GenerationConfig.from_pretrained(copy / "iter-00" / "candidates")
+    assert saved.top_k == 40 and saved.num_return_sequences == 3 and saved.eos_token_id

@@ -147,3 +147,24 @@ def generate_shards(
     if stats["examples_dropped"]:
         logger.warning("Dropped %d few-shot examples to fit prompts in %s tokens.", stats["examples_dropped"], budget)
     return {**stats, "num_shards": num_shards}
+
+
+def save_generation_config(model, tokenizer, args, folder: Path) -> None:
+    """The sampling settings of this stage as a `GenerationConfig`, stopping at the chat end-of-turn token(s).
+
+    Saved beside the candidates, so `GenerationConfig.from_pretrained(folder)` reproduces how they were sampled.
+    """
+    from transformers import GenerationConfig
+
+    from .engine import stop_token_ids
+
+    GenerationConfig(
+        do_sample=True,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        num_return_sequences=args.num_candidates,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(folder)
