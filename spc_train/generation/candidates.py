@@ -98,7 +98,7 @@ def generate_shards(
         "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens,
     }
-    stats = {"shards_generated": len(todo), "examples_dropped": 0, "new_tokens": 0}
+    stats = {"shards_generated": len(todo), "examples_dropped": 0, "new_tokens": 0, "candidates_generated": 0}
     total_pairs = sum(len(pairs[i * args.shard_size : (i + 1) * args.shard_size]) for i in todo)
     start = time.perf_counter()
     with tqdm(total=total_pairs, desc=f"iter-{iteration:02d} generate", unit="pair", disable=total_pairs == 0) as bar:
@@ -141,9 +141,10 @@ def generate_shards(
                         }
                     )
                     stats["new_tokens"] += sample.num_tokens
+                    stats["candidates_generated"] += 1
             _write_shard(shards_dir / f"shard-{shard:05d}.jsonl", rows)
             elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(candidates=len(rows), tok_s=f"{stats['new_tokens'] / elapsed:.0f}")
+            bar.set_postfix(candidates=stats["candidates_generated"], tok_s=f"{stats['new_tokens'] / elapsed:.0f}")
     if stats["examples_dropped"]:
         logger.warning("Dropped %d few-shot examples to fit prompts in %s tokens.", stats["examples_dropped"], budget)
     return {**stats, "num_shards": num_shards}
