@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,15 @@ class Loop:
         check_spec(recipe.judge_spec(), "judge")
         if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
             check_available(recipe.critic.toxicity_model, "toxicity classifier")
+        # -- critic start-up check (spc_train.critic.registry.check_experts) ------------------------------------------
+        # Expert names, the judge's single-token answer options and the classifiers' labels, before anything is
+        # written: only the judge tokenizer and the classifiers' config.json are loaded.
+        from .critic.registry import check_experts, judge_options
+        from .models import load_tokenizer
+
+        judge_tokenizer = load_tokenizer(recipe.judge_spec()) if judge_options(recipe.critic) else None
+        check_experts(recipe.critic, judge_tokenizer)
+        # -- end of the critic start-up check -----------------------------------------------------------------------
         identities = self.identities()
         if state.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
@@ -142,11 +152,12 @@ class Loop:
             logger.info("skip %-22s (done, fingerprint %s)", label, fp)
             return fp
         logger.info("run  %-22s", label)
+        started = time.perf_counter()
         if parallel is not None:
             parallel(fp)
         state.wait_for_everyone()
         if state.is_main_process:
-            record = self.run.commit(folder, fp, write, stage=name)
+            record = self.run.commit(folder, fp, write, stage=name, started=started)
             logger.info("done %-22s in %.1fs", label, record["seconds"])
         state.wait_for_everyone()
         return fp
@@ -301,13 +312,15 @@ class Loop:
     def stage_critique(self, iteration: int) -> str:
         from .critic.registry import build_experts, critique
         from .critic.scoring import Judge
-        from .models import load_causal_lm, load_classifier, load_tokenizer
+        from .models import identity, load_causal_lm, load_classifier, load_tokenizer
 
         candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")
         critic = self.recipe.critic
         # Thresholds only matter to `select`: changing them must not re-score.
         config = {k: v for k, v in self.recipe.section("critic").items() if not k.endswith("_threshold")}
         models = {"judge": self.identities()["judge"], "toxicity": self.identities()["toxicity"]}
+        if critic.nli_model and "faithfulness_nli" in critic.experts:
+            models["nli"] = identity(critic.nli_model)
         judge_spec = self.recipe.judge_spec()
         loaded: dict[str, Any] = {}
 
@@ -319,21 +332,31 @@ class Loop:
             return loaded["judge"]
 
         def classifier(path: str):
+            role = "NLI classifier" if path == critic.nli_model else "toxicity classifier"
             spec = ModelSpec(name_or_path=path, dtype=judge_spec.dtype)
-            return load_classifier(spec, "toxicity classifier"), load_tokenizer(spec, padding_side="right")
+            return load_classifier(spec, role), load_tokenizer(spec, padding_side="right")
 
         def write(out: Path) -> dict:
             experts = build_experts(critic, judge, classifier)
             rows = critique(_load(candidates_dir), experts)
             _save(rows, out)
-            truncated = loaded["judge"].truncated if "judge" in loaded else 0
-            return {"rows": len(rows), "experts": critic.experts, "judge_prompts_truncated": truncated}
+            used = loaded.get("judge")
+            return {
+                "rows": len(rows),
+                "experts": critic.experts,
+                "judge_prompts_truncated": used.truncated if used else 0,
+                "judge_examples_dropped": used.examples_dropped if used else 0,
+            }
 
         return self._stage("critiques", iteration, config, [candidates_fp], models, write)
 
     def thresholds(self) -> dict[str, float]:
         critic = self.recipe.critic
-        known = {"faithfulness": critic.faithfulness_threshold, "toxicity": critic.toxicity_threshold}
+        known = {
+            "faithfulness": critic.faithfulness_threshold,
+            "faithfulness_nli": critic.faithfulness_nli_threshold,
+            "toxicity": critic.toxicity_threshold,
+        }
         return {name: value for name, value in known.items() if name in critic.experts}
 
     def stage_select(self, iteration: int) -> str:

@@ -97,17 +97,23 @@ class RunDir:
         return record is not None and record.get("fingerprint") == fp
 
     def commit(
-        self, folder: Path, fp: str, write: Callable[[Path], dict[str, Any] | None], stage: str | None = None
+        self,
+        folder: Path,
+        fp: str,
+        write: Callable[[Path], dict[str, Any] | None],
+        stage: str | None = None,
+        started: float | None = None,
     ) -> dict[str, Any]:
         """Run `write(tmp_folder)`, then record `stage.json` and atomically move the folder into place.
 
-        `write` fills the temporary folder and returns statistics (row counts, losses, ...) for `stage.json`.
+        `write` fills the temporary folder and returns statistics (row counts, losses, ...) for `stage.json`;
+        `started` (a `time.perf_counter()` value) counts work done before the write, e.g. by other processes.
         """
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started
         stats = write(tmp) or {}
         record = {
             "stage": stage or folder.name,

@@ -37,7 +37,8 @@ def iteration_rows(run: RunDir) -> dict[int, dict]:
         evaluation = read_stage(run.stage_dir("eval", k))
         selection = read_stage(run.stage_dir("selected", k))
         if evaluation and selection:
-            rows[k] = {**evaluation["metrics"], "selected": selection["selected"]}
+            filters = {f"pass:{name}": rate for name, rate in selection["filter_pass_rates"].items()}
+            rows[k] = {**evaluation["metrics"], "selected": selection["selected"], **filters}
     return rows
 
 
@@ -52,7 +53,10 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
     seed = [record for record in _load(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
     columns = ["seed"] + [f"iter-{k:02d}" for k in rows]
     per_column = {"seed": dataset_statistics(seed)} | {f"iter-{k:02d}": row for k, row in rows.items()}
-    names = list(dict.fromkeys(name for values in per_column.values() for name in values))
+    # Per-filter pass rates have their own table and plot in the report.
+    names = [
+        n for n in dict.fromkeys(n for values in per_column.values() for n in values) if not n.startswith("pass:")
+    ]
     metrics = {name: {column: _clean(values.get(name)) for column, values in per_column.items()} for name in names}
 
     distributions, pass_rates, examples = {}, {}, {"seed": seed[:2]}
@@ -93,11 +97,14 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
 def format_summary(run: RunDir) -> str:
     """The table printed at the end of `spc-train loop`, and where to find what the run made."""
     rows = iteration_rows(run)
-    header = ["iteration"] + [label for _, label, _ in SUMMARY_COLUMNS]
+    filters = list(dict.fromkeys(key for row in rows.values() for key in row if key.startswith("pass:")))
+    at = [key for key, _, _ in SUMMARY_COLUMNS].index("pass_rate") + 1
+    columns = SUMMARY_COLUMNS[:at] + [(key, key, "{:.0%}") for key in filters] + SUMMARY_COLUMNS[at:]
+    header = ["iteration"] + [label for _, label, _ in columns]
     table = [header]
     for k, row in rows.items():
         cells = [f"iter-{k:02d}"]
-        for key, _, fmt in SUMMARY_COLUMNS:
+        for key, _, fmt in columns:
             value = row.get(key)
             cells.append(
                 "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
