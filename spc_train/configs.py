@@ -74,11 +74,93 @@ class JudgeConfig(ModelSpec):
 
 
 @dataclass
-class PersonasConfig:
-    """Users and their pairing. For now pairs come from the seed conversations (`source: seed`)."""
+class PersonaExpansionConfig:
+    """Persona expansion (paper §3.1.1). Defaults follow the paper where it gives a number."""
 
-    source: str = field(default="seed", metadata={"help": "Where user pairs come from: `seed` reuses seed pairs."})
-    num_pairs: int | None = field(default=None, metadata={"help": "Number of user pairs to generate for."})
+    distance_threshold: float = field(
+        default=0.65,
+        metadata={
+            "help": "Cosine distance below which average-linkage clusters merge. The paper's 0.1 (on BERT) gave 323 "
+            "clusters on the 4,723 Persona-Chat attributes; with all-MiniLM-L6-v2, 0.65 gives 331 (0.1 gives 3,960)."
+        },
+    )
+    attributes_per_query_prompt: int = field(
+        default=3, metadata={"help": "Attributes sampled per cluster for query induction (paper: 3)."}
+    )
+    query_bootstrap_steps: int = field(
+        default=100, metadata={"help": "Query-bootstrapping prompts, one new query each at most (paper: 100 steps)."}
+    )
+    queries_per_prompt: int = field(
+        default=5, metadata={"help": "Example queries shown per query-bootstrapping prompt (paper: 5)."}
+    )
+    attributes_per_persona_prompt: int = field(
+        default=5, metadata={"help": "Random attributes shown per persona-bootstrapping prompt (paper: 5)."}
+    )
+    target_new_attributes: int = field(
+        default=5000, metadata={"help": "Stop persona bootstrapping after this many new attributes (paper: 5k)."}
+    )
+    max_bootstrap_steps: int = field(
+        default=100,
+        metadata={"help": "Most persona-bootstrapping steps; a step asks every query once (paper ablation: 100)."},
+    )
+    dedup_threshold: float = field(
+        default=0.9,
+        metadata={"help": "A new attribute is dropped when its cosine to any kept attribute is at least this."},
+    )
+    min_words: int = field(default=3, metadata={"help": "Shortest new attribute kept, in words."})
+    max_words: int = field(default=30, metadata={"help": "Longest new attribute kept, in words."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts sent to `complete` per call."})
+
+    def __post_init__(self):
+        if not 0 < self.distance_threshold <= 2:
+            raise ValueError(
+                f"distance_threshold must be in (0, 2] (a cosine distance), got {self.distance_threshold}."
+            )
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"dedup_threshold must be in (0, 1] (a cosine similarity), got {self.dedup_threshold}.")
+        for name in (
+            "attributes_per_query_prompt",
+            "queries_per_prompt",
+            "attributes_per_persona_prompt",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words}).")
+
+
+@dataclass
+class PersonasConfig(PersonaExpansionConfig):
+    """Users: persona expansion (the fields above), profiles, pairing (PAPER.md §1.1-1.3)."""
+
+    source: str = field(
+        default="seed",
+        metadata={"help": "User pairs: `seed` reuses seed pairs, `generated` builds new users, `both` takes both."},
+    )
+    num_pairs: int | None = field(default=None, metadata={"help": "Most user pairs from each source."})
+    embedder: str = field(
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        metadata={"help": "Sentence embedder for clustering, dedup and redundancy (offline: the gt package copy)."},
+    )
+    nli_model: str | None = field(
+        default=None,
+        metadata={"help": "NLI model for profile consistency: an MNLI-style classifier or a T5 TRUE-style seq2seq."},
+    )
+    num_profiles: int = field(default=100, metadata={"help": "User profiles to build."})
+    profile_size: int = field(default=5, metadata={"help": "Attributes per profile (paper: 5)."})
+    redundancy_threshold: float = field(
+        default=0.9, metadata={"help": "Reject an attribute whose cosine to one in the profile is above this."}
+    )
+    entailment_threshold: float = field(
+        default=0.5, metadata={"help": "NLI entailment probability at which attribute => negation counts."}
+    )
+    max_attempts: int | None = field(default=None, metadata={"help": "Candidate draws before giving up."})
+    min_shared: int = field(
+        default=2, metadata={"help": "Pair users sharing MORE than this many persona clusters (paper: 2)."}
+    )
+    partners_per_user: int | None = field(default=None, metadata={"help": "Most partners per user."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Tokens the LLM may write per query / attribute."})
 
 
 @dataclass
@@ -122,10 +204,31 @@ class CriticConfig:
             "diversity",
             "likable",
         ],
-        metadata={"help": "Experts to run, by registry name (faithfulness, toxicity, and the FED policies)."},
+        metadata={
+            "help": "Experts to run, by registry name: faithfulness, faithfulness_nli (needs nli_model), toxicity, "
+            "and the FED policies (depth, coherency, consistency, diversity, likable)."
+        },
     )
     faithfulness_threshold: float = field(
         default=0.5, metadata={"help": "A candidate fails when P(contradiction) is at least this."}
+    )
+    faithfulness_examples: int = field(
+        default=4,
+        metadata={
+            "help": "In-context answered examples shown to the faithfulness judge before its question (paper: 4, "
+            "2 faithful + 2 unfaithful; ours, since the paper's are not published). 0 asks zero-shot."
+        },
+    )
+    nli_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "NLI sequence classifier (local folder or Hub id) with a contradiction label, for the "
+            "faithfulness_nli expert: each utterance against each of its speaker's persona attributes."
+        },
+    )
+    faithfulness_nli_threshold: float = field(
+        default=0.5,
+        metadata={"help": "faithfulness_nli: a candidate fails when its worst P(contradiction) is at least this."},
     )
     toxicity_threshold: float = field(
         default=0.5, metadata={"help": "A candidate fails when P(toxic) is at least this."}

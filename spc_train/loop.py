@@ -17,28 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .configs import ModelSpec, Recipe, save_recipe
-from .runs import RunDir, fingerprint, package_versions, read_stage
+from .runs import RunDir, fingerprint, load_rows, package_versions, read_stage, save_rows
 
 logger = logging.getLogger(__name__)
 
 
 class StageInputError(RuntimeError):
     """A stage was asked to run before the stages it reads from."""
-
-
-def _load(folder: Path) -> list[dict]:
-    from datasets import load_from_disk
-
-    return load_from_disk(str(folder)).to_list()
-
-
-def _save(rows: list[dict], folder: Path) -> None:
-    from datasets import Dataset
-
-    if rows:
-        Dataset.from_list(rows).save_to_disk(str(folder))
-    else:  # an empty output still needs a schema and one shard, or datasets cannot reload it
-        Dataset.from_dict({"pair_id": []}).save_to_disk(str(folder), num_shards=1)
 
 
 def _source_identity(path: str | None) -> str | None:
@@ -65,7 +50,6 @@ class Loop:
         self.recipe = recipe
         self.run = RunDir(run_dir)
         self._identities: dict[str, Any] = {}
-        self.summary: dict[int, dict[str, Any]] = {}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -180,7 +164,7 @@ class Loop:
                 normalize_names=seed.normalize_names,
             )
             logger.info("Seed %s: %s", seed.path, result.summary())
-            _save(result.records, out)
+            save_rows(result.records, out)
             return {
                 "rows_read": result.rows_read,
                 "rows": len(result.records),
@@ -200,7 +184,7 @@ class Loop:
             raise ValueError(f"personas.source '{personas.source}' is not available yet; use `seed`.")
 
         def write(out: Path) -> dict:
-            records = _load(seed_dir)
+            records = load_rows(seed_dir)
             count = min(personas.num_pairs or len(records), len(records))
             chosen = sorted(random.Random(self.recipe.loop.seed).sample(range(len(records)), count))
             pairs = [
@@ -212,7 +196,7 @@ class Loop:
                 }
                 for i in chosen
             ]
-            _save(pairs, out)
+            save_rows(pairs, out)
             return {"rows": len(pairs)}
 
         return self._stage("pairs", None, self.recipe.section("personas"), [seed_fp], {}, write)
@@ -269,8 +253,8 @@ class Loop:
                 shards_dir.mkdir(parents=True, exist_ok=True)
                 marker.write_text(fp)
             state.wait_for_everyone()
-            pairs = _load(pairs_dir)
-            pool = [row for folder in pool_dirs for row in _load(folder)]
+            pairs = load_rows(pairs_dir)
+            pool = [row for folder in pool_dirs for row in load_rows(folder)]
             loaded["tokenizer"] = load_tokenizer(self.recipe.model)
             loaded["model"] = load_causal_lm(self.recipe.model, adapter=adapter)
             stats.update(
@@ -294,7 +278,7 @@ class Loop:
             rows = read_shards(shards_dir, stats["num_shards"])
             if rows is None:
                 raise RuntimeError(f"A shard is missing from {shards_dir} after generation; re-run to resume.")
-            _save(rows, out)
+            save_rows(rows, out)
             save_generation_config(loaded["model"], loaded["tokenizer"], args, out)
             shutil.rmtree(shards_dir)
             return {
@@ -338,8 +322,8 @@ class Loop:
 
         def write(out: Path) -> dict:
             experts = build_experts(critic, judge, classifier)
-            rows = critique(_load(candidates_dir), experts)
-            _save(rows, out)
+            rows = critique(load_rows(candidates_dir), experts)
+            save_rows(rows, out)
             used = loaded.get("judge")
             return {
                 "rows": len(rows),
@@ -368,8 +352,8 @@ class Loop:
         policies = [name for name in self.recipe.critic.experts if name in POLICIES]
 
         def write(out: Path) -> dict:
-            selected, stats = select(_load(critiques_dir), thresholds, policies)
-            _save(selected, out)
+            selected, stats = select(load_rows(critiques_dir), thresholds, policies)
+            save_rows(selected, out)
             if stats["pairs_without_survivor"]:
                 logger.info(
                     "%d pairs have no candidate that passes the filters.", len(stats["pairs_without_survivor"])
@@ -387,8 +371,8 @@ class Loop:
         sources = [self._input("selected", k, "select") for k in range(first, iteration + 1)]
 
         def write(out: Path) -> dict:
-            rows = sft_rows([row for folder, _ in sources for row in _load(folder)])
-            _save(rows, out)
+            rows = sft_rows([row for folder, _ in sources for row in load_rows(folder)])
+            save_rows(rows, out)
             return {"rows": len(rows)}
 
         config = {"update": self.recipe.loop.update}
@@ -434,8 +418,8 @@ class Loop:
         selection = read_stage(selected_dir)
 
         def write(out: Path) -> dict:
-            critiques = _load(critiques_dir)
-            selected = _load(selected_dir)
+            critiques = load_rows(critiques_dir)
+            selected = load_rows(selected_dir)
             metrics = dataset_statistics(selected)
             metrics.update(
                 candidates=len(critiques),
@@ -450,7 +434,7 @@ class Loop:
                     metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
                 else:
                     metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
-            _save([metrics], out)
+            save_rows([metrics], out)
             return {"metrics": metrics}
 
         return self._stage("eval", iteration, {"experts": self.recipe.critic.experts}, inputs, {}, write)

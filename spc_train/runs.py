@@ -69,6 +69,22 @@ def read_stage(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def load_rows(folder: Path) -> list[dict]:
+    """A stage's `datasets` folder as a list of records."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder)).to_list()
+
+
+def save_rows(rows: list[dict], folder: Path) -> None:
+    from datasets import Dataset
+
+    if rows:
+        Dataset.from_list(rows).save_to_disk(str(folder))
+    else:  # an empty output still needs a schema and one shard, or datasets cannot reload it
+        Dataset.from_dict({"pair_id": []}).save_to_disk(str(folder), num_shards=1)
+
+
 def replace_folder(tmp: Path, target: Path) -> None:
     """Move a fully written folder into place, replacing an older version of it."""
     old = None

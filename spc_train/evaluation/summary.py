@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..runs import RunDir, read_stage
+from ..runs import RunDir, load_rows, read_stage
 from .metrics import dataset_statistics
 from .report import write_report
 
@@ -22,12 +22,6 @@ SUMMARY_COLUMNS = [
     ("toxicity_mean", "P(toxic)", "{:.3f}"),
     ("sft_loss", "SFT loss", "{:.3f}"),
 ]
-
-
-def _load(folder: Path) -> list[dict]:
-    from datasets import load_from_disk
-
-    return load_from_disk(str(folder)).to_list()
 
 
 def iteration_rows(run: RunDir) -> dict[int, dict]:
@@ -49,8 +43,8 @@ def _clean(value):
 def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> dict:
     """report.md, metrics.json and plots for every finished iteration, with the seed conversations first."""
     rows = iteration_rows(run)
-    pair_ids = {pair["pair_id"] for pair in _load(run.stage_dir("pairs"))}
-    seed = [record for record in _load(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
+    pair_ids = {pair["pair_id"] for pair in load_rows(run.stage_dir("pairs"))}
+    seed = [record for record in load_rows(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
     columns = ["seed"] + [f"iter-{k:02d}" for k in rows]
     per_column = {"seed": dataset_statistics(seed)} | {f"iter-{k:02d}": row for k, row in rows.items()}
     # Per-filter pass rates have their own table and plot in the report.
@@ -63,7 +57,7 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
     notes = [f"Run directory: `{run.root}`; user pairs: {len(pair_ids)}."]
     for k in rows:
         column = f"iter-{k:02d}"
-        critiques = _load(run.stage_dir("critiques", k))
+        critiques = load_rows(run.stage_dir("critiques", k))
         experts = sorted({name for row in critiques for name in row["scores"]})
         distributions[column] = {
             name: [row["scores"][name] for row in critiques if _clean(row["scores"].get(name)) is not None]
@@ -72,7 +66,7 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         selection = read_stage(run.stage_dir("selected", k))
         pass_rates[column] = {"parsed": selection["parse_rate"], "all filters": selection["pass_rate"]}
         pass_rates[column] |= selection["filter_pass_rates"]
-        examples[column] = _load(run.stage_dir("selected", k))[:2]
+        examples[column] = load_rows(run.stage_dir("selected", k))[:2]
         missing = len(selection["pairs_without_survivor"])
         if missing:
             notes.append(f"{column}: {missing} pairs had no candidate passing the filters ({thresholds}).")
