@@ -25,7 +25,9 @@ logger = logging.getLogger("spc_train")
 # Stage subcommands: name -> (Loop method, whether it takes --iteration).
 STAGES = {
     "seed": ("stage_seed", False),
-    "pairs": ("stage_pairs", False),
+    "expand-personas": ("stage_personas", False),
+    "build-profiles": ("stage_profiles", False),
+    "pair-users": ("stage_pairs", False),
     "generate": ("stage_generate", True),
     "critique": ("stage_critique", True),
     "select": ("stage_select", True),
@@ -125,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = make_parser().parse_known_args(argv)
     _setup_logging()
     from .configs import RecipeError
+    from .critic.scoring import JudgeError
     from .data import SeedDataError
     from .loop import StageInputError
     from .models import ModelNotFoundError
+    from .nli import NliError
+    from .personas import ProfileConstructionError
 
     try:
         if args.command == "import-seed":
@@ -146,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         loop.prepare()
         getattr(loop, method)(*([args.iteration] if iterated else []))
         return 0
-    except (RecipeError, SeedDataError, StageInputError, ModelNotFoundError) as error:
+    except (
+        RecipeError,
+        SeedDataError,
+        StageInputError,
+        ModelNotFoundError,
+        NliError,
+        JudgeError,
+        ProfileConstructionError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

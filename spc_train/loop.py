@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -74,6 +75,10 @@ class Loop:
         check_spec(recipe.judge_spec(), "judge")
         if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
             check_available(recipe.critic.toxicity_model, "toxicity classifier")
+        if recipe.personas.source != "seed":
+            from .nli import check_nli
+
+            check_nli(ModelSpec(name_or_path=recipe.personas.nli_model))
         # -- critic start-up check (spc_train.critic.registry.check_experts) ------------------------------------------
         # Expert names, the judge's single-token answer options and the classifiers' labels, before anything is
         # written: only the judge tokenizer and the classifiers' config.json are loaded.
@@ -104,6 +109,7 @@ class Loop:
                 "generator": spec_identity(self.recipe.model),
                 "judge": spec_identity(self.recipe.judge_spec()),
                 "toxicity": identity(self.recipe.critic.toxicity_model),
+                "nli": identity(self.recipe.personas.nli_model),
             }
         return self._identities
 
@@ -174,32 +180,183 @@ class Loop:
 
         return self._stage("seed", None, self.recipe.section("seed"), [_source_identity(seed.path)], {}, write)
 
-    def stage_pairs(self) -> str:
-        """User pairs. `personas.source: seed` reuses the seed conversations' pairs (a deterministic sample)."""
-        import random
+    def _complete(self):
+        """The LLM as `complete(prompts) -> texts` for persona expansion and negation: the generation engine, one
+        sample per prompt with the paper's sampling, each call seeded from its own counter (deterministic)."""
+        from .generation.engine import sample_conversations
+        from .generation.prompts import render
+        from .models import load_causal_lm, load_tokenizer
+
+        loaded: dict[str, Any] = {}
+        calls = [0]
+        args, personas = self.recipe.generation, self.recipe.personas
+
+        def complete(prompts: list[str]) -> list[str]:
+            if not loaded:
+                loaded["tokenizer"] = load_tokenizer(self.recipe.model)
+                loaded["model"] = load_causal_lm(self.recipe.model)
+            calls[0] += 1
+            tokenizer = loaded["tokenizer"]
+            samples = sample_conversations(
+                loaded["model"],
+                tokenizer,
+                [render(tokenizer, p) for p in prompts],
+                [f"complete-{calls[0]}-{i}" for i in range(len(prompts))],
+                n=1,
+                generation_kwargs={
+                    "do_sample": True,
+                    "temperature": args.temperature,
+                    "top_k": args.top_k,
+                    "top_p": args.top_p,
+                    "max_new_tokens": personas.max_new_tokens,
+                },
+                batch_tokens=args.batch_tokens,
+                seed=self.recipe.loop.seed,
+            )
+            return [group[0].text for group in samples]
+
+        return complete
+
+    def _embed(self):
+        from .models import load_embedder
+
+        embedder = load_embedder(self.recipe.personas.embedder)
+        return lambda texts: embedder.encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True)
+
+    def stage_personas(self) -> str:
+        """Persona expansion (PAPER.md §1.1): seed attributes, clusters, queries, new attributes."""
+        from .configs import PersonaExpansionConfig
+        from .models import identity, resolve_embedder
+        from .personas import expand_personas, seed_attributes
 
         seed_dir, seed_fp = self._input("seed")
         personas = self.recipe.personas
-        if personas.source != "seed":
-            raise ValueError(f"personas.source '{personas.source}' is not available yet; use `seed`.")
+        names = [f.name for f in dataclasses.fields(PersonaExpansionConfig)]
+        expansion = PersonaExpansionConfig(**{name: getattr(personas, name) for name in names})
+        config = {
+            **dataclasses.asdict(expansion),
+            "embedder": personas.embedder,
+            "max_new_tokens": personas.max_new_tokens,
+        }
+        models = {
+            "generator": self.identities()["generator"],
+            "embedder": identity(resolve_embedder(personas.embedder)),
+        }
 
         def write(out: Path) -> dict:
-            records = load_rows(seed_dir)
-            count = min(personas.num_pairs or len(records), len(records))
-            chosen = sorted(random.Random(self.recipe.loop.seed).sample(range(len(records)), count))
-            pairs = [
-                {
-                    "pair_id": records[i]["pair_id"],
-                    "user1_persona": records[i]["user1_persona"],
-                    "user2_persona": records[i]["user2_persona"],
-                    "source": "seed",
-                }
-                for i in chosen
-            ]
-            save_rows(pairs, out)
-            return {"rows": len(pairs)}
+            attributes = seed_attributes(load_rows(seed_dir))
+            result = expand_personas(
+                attributes,
+                embed=self._embed(),
+                complete=self._complete(),
+                config=expansion,
+                seed=self.recipe.loop.seed,
+            )
+            rows = [{**row, "embedding": vector.tolist()} for row, vector in zip(result.attributes, result.embeddings)]
+            save_rows(rows, out)
+            (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in result.queries))
+            generated = sum(row["source"] == "generated" for row in result.attributes)
+            logger.info(
+                "Personas: %d seed + %d new attributes, %d queries.", len(attributes), generated, len(result.queries)
+            )
+            return {
+                "rows": len(rows),
+                "new_attributes": generated,
+                "queries": len(result.queries),
+                "statistics": result.statistics,
+                "rejections": result.rejections,
+            }
 
-        return self._stage("pairs", None, self.recipe.section("personas"), [seed_fp], {}, write)
+        return self._stage("personas", None, config, [seed_fp], models, write)
+
+    def stage_profiles(self) -> str:
+        """User profiles (PAPER.md §1.2): k attributes each, non-redundant, NLI-consistent."""
+        import numpy as np
+
+        from .nli import load_nli
+        from .personas import build_profiles, llm_negate
+
+        personas_dir, personas_fp = self._input("personas", command="expand-personas")
+        personas = self.recipe.personas
+        keys = ("num_profiles", "profile_size", "redundancy_threshold", "entailment_threshold", "max_attempts")
+        config = {key: getattr(personas, key) for key in keys} | {"nli_model": personas.nli_model}
+        models = {"generator": self.identities()["generator"], "nli": self.identities().get("nli")}
+
+        def write(out: Path) -> dict:
+            rows = load_rows(personas_dir)
+            nli = load_nli(ModelSpec(name_or_path=personas.nli_model))
+            profiles, rejections = build_profiles(
+                [row["attribute"] for row in rows],
+                np.asarray([row["embedding"] for row in rows], dtype=np.float32),
+                nli=nli,
+                negate=llm_negate(self._complete()),
+                count=personas.num_profiles,
+                size=personas.profile_size,
+                seed=self.recipe.loop.seed,
+                redundancy_threshold=personas.redundancy_threshold,
+                entailment_threshold=personas.entailment_threshold,
+                max_attempts=personas.max_attempts,
+            )
+            save_rows([{"profile_id": f"profile-{i:05d}", "persona": p} for i, p in enumerate(profiles)], out)
+            (out / "rejections.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rejections))
+            reasons: dict[str, int] = {}
+            for rejection in rejections:
+                reasons[rejection["reason"]] = reasons.get(rejection["reason"], 0) + 1
+            return {"rows": len(profiles), "rejections": reasons}
+
+        return self._stage("profiles", None, config, [personas_fp], models, write)
+
+    def stage_pairs(self) -> str:
+        """User pairs: seed pairs (a deterministic sample), pairs of new profiles sharing > min_shared persona
+        clusters (PAPER.md §1.3), or both, as `personas.source` says."""
+        import random
+
+        from .personas import pair_users
+
+        personas = self.recipe.personas
+        if personas.source not in ("seed", "generated", "both"):
+            raise ValueError(f"personas.source must be seed, generated or both, not '{personas.source}'.")
+        seed_dir, seed_fp = self._input("seed")
+        inputs = [seed_fp]
+        if personas.source != "seed":
+            personas_dir, personas_fp = self._input("personas", command="expand-personas")
+            profiles_dir, profiles_fp = self._input("profiles", command="build-profiles")
+            inputs += [personas_fp, profiles_fp]
+        keys = ("source", "num_pairs", "min_shared", "partners_per_user")
+        config = {key: getattr(personas, key) for key in keys}
+
+        def write(out: Path) -> dict:
+            pairs = []
+            if personas.source in ("seed", "both"):
+                records = load_rows(seed_dir)
+                count = min(personas.num_pairs or len(records), len(records))
+                chosen = sorted(random.Random(self.recipe.loop.seed).sample(range(len(records)), count))
+                pairs += [
+                    {
+                        "pair_id": records[i]["pair_id"],
+                        "user1_persona": records[i]["user1_persona"],
+                        "user2_persona": records[i]["user2_persona"],
+                        "shared_clusters": -1,
+                        "source": "seed",
+                    }
+                    for i in chosen
+                ]
+            if personas.source in ("generated", "both"):
+                cluster_of = {row["attribute"]: row["cluster"] for row in load_rows(personas_dir)}
+                profiles = [row["persona"] for row in load_rows(profiles_dir)]
+                pairs += pair_users(
+                    profiles,
+                    cluster_of,
+                    min_shared=personas.min_shared,
+                    partners_per_user=personas.partners_per_user,
+                    max_pairs=personas.num_pairs,
+                    seed=self.recipe.loop.seed,
+                )
+            save_rows(pairs, out)
+            by_source = {name: sum(p["source"] == name for p in pairs) for name in ("seed", "generated")}
+            return {"rows": len(pairs), "by_source": by_source}
+
+        return self._stage("pairs", None, config, inputs, {}, write)
 
     def _pool(self, iteration: int) -> tuple[list[Path], list[str]]:
         """Few-shot pool P_k: the seed conversations, plus the selections of earlier iterations if the pool grows."""
@@ -230,7 +387,7 @@ class Loop:
         from .generation.candidates import generate_shards, read_shards, save_generation_config
         from .models import load_causal_lm, load_tokenizer
 
-        pairs_dir, pairs_fp = self._input("pairs")
+        pairs_dir, pairs_fp = self._input("pairs", command="pair-users")
         pool_dirs, pool_fps = self._pool(iteration)
         adapter, adapter_fp = self._adapter_for(iteration)
         args = self.recipe.generation
@@ -443,7 +600,7 @@ class Loop:
         from .evaluation.summary import write_run_report
 
         iterations = [k for k in self.run.iterations() if read_stage(self.run.stage_dir("eval", k))]
-        inputs = [self._input("seed")[1], self._input("pairs")[1]]
+        inputs = [self._input("seed")[1], self._input("pairs", command="pair-users")[1]]
         inputs += [self._input("eval", k, "evaluate")[1] for k in iterations]
         config = {"iterations": iterations, "thresholds": self.thresholds()}
         return self._stage(
@@ -454,6 +611,9 @@ class Loop:
     def run_all(self) -> None:
         self.prepare()
         self.stage_seed()
+        if self.recipe.personas.source != "seed":
+            self.stage_personas()
+            self.stage_profiles()
         self.stage_pairs()
         for k in range(self.recipe.loop.iterations):
             self.stage_generate(k)

@@ -121,21 +121,34 @@ class Seq2SeqNli:
         return scores
 
 
-def load_nli(spec: ModelSpec, batch_size: int | None = None) -> ClassifierNli | Seq2SeqNli:
-    """The NLI backend for `spec`: encoder-decoder configs -> `Seq2SeqNli`, anything else -> `ClassifierNli`."""
+def check_nli(spec: ModelSpec):
+    """Everything that can be checked without the weights: the model exists, and has entailment/contradiction labels
+    (classifier) or single-token "1"/"0" answers (seq2seq). Returns (config, tokenizer)."""
     from transformers import AutoConfig
 
+    if not spec.name_or_path:
+        raise NliError("No NLI model set: set `personas.nli_model` (an MNLI classifier or a T5 TRUE-style model).")
     check_spec(spec, "nli")
     config = AutoConfig.from_pretrained(
         spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
     )
     tokenizer = load_tokenizer(spec, padding_side="right")
+    if getattr(config, "is_encoder_decoder", False):
+        for answer in ("1", "0"):
+            answer_token_id(tokenizer, answer)
+    else:
+        nli_label_ids(config.id2label, f"The NLI classifier '{spec.name_or_path}'")
+    return config, tokenizer
+
+
+def load_nli(spec: ModelSpec, batch_size: int | None = None) -> ClassifierNli | Seq2SeqNli:
+    """The NLI backend for `spec`: encoder-decoder configs -> `Seq2SeqNli`, anything else -> `ClassifierNli`.
+
+    The checks run before the (possibly large) weights are read."""
+    config, tokenizer = check_nli(spec)
     kwargs = {"batch_size": batch_size} if batch_size else {}
     if getattr(config, "is_encoder_decoder", False):
-        for answer in ("1", "0"):  # before the (large) weights are read
-            answer_token_id(tokenizer, answer)
         logger.info("NLI: seq2seq TRUE-style backend from %s.", spec.name_or_path)
         return Seq2SeqNli(load_seq2seq_lm(spec), tokenizer, **kwargs)
-    nli_label_ids(config.id2label, f"The NLI classifier '{spec.name_or_path}'")
     logger.info("NLI: sequence-classifier backend from %s.", spec.name_or_path)
     return ClassifierNli(load_classifier(spec, role="nli"), tokenizer, **kwargs)

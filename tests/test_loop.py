@@ -276,3 +276,54 @@ def test_killed_two_process_generation_resumes_without_loss_or_duplicates(demo_r
     assert rows == load(reference / "iter-00" / "candidates")
     keys = [(row["pair_id"], row["candidate"]) for row in rows]
     assert len(keys) == len(set(keys)) == 6 * 3
+
+
+def test_new_users_flow_into_generation(tiny_models, tmp_path):
+    """personas -> profiles -> pairs of new users (NLI-checked, > 2 shared clusters) -> candidates for them."""
+    changes = {
+        "personas": {
+            "source": "generated",
+            "nli_model": str(tiny_models / "nli"),
+            "query_bootstrap_steps": 2,
+            "target_new_attributes": 5,
+            "max_bootstrap_steps": 1,
+            "num_profiles": 12,
+            "num_pairs": 4,
+            "max_new_tokens": 24,
+            "entailment_threshold": 0.95,  # the briefly trained test NLI is not what this test is about
+        },
+        "seed": {"max_conversations": None},
+    }
+    recipe = parse_recipe(write_recipe(tmp_path / "r.yaml", tiny_models, **changes))
+    loop = Loop(recipe, tmp_path / "run")
+    loop.prepare()
+    loop.stage_seed()
+    loop.stage_personas()
+    loop.stage_profiles()
+    loop.stage_pairs()
+    personas = read_stage(tmp_path / "run" / "personas")
+    assert personas["statistics"]["seed"]["clusters"] > 1
+    profiles = load(tmp_path / "run" / "profiles")
+    assert len(profiles) == 12 and all(len(p["persona"]) == 5 for p in profiles)
+    pairs = load(tmp_path / "run" / "pairs")
+    assert pairs and all(p["source"] == "generated" and p["shared_clusters"] > 2 for p in pairs)
+    loop.stage_generate(0)
+    generated_for = {row["pair_id"] for row in load(tmp_path / "run" / "iter-00" / "candidates")}
+    assert generated_for == {p["pair_id"] for p in pairs}
+    # Same seed, same users: re-running the stages in a fresh run directory gives identical profiles and pairs.
+    again = Loop(recipe, tmp_path / "again")
+    again.prepare()
+    again.stage_seed()
+    again.stage_personas()
+    again.stage_profiles()
+    again.stage_pairs()
+    assert load(tmp_path / "again" / "profiles") == profiles and load(tmp_path / "again" / "pairs") == pairs
+
+
+def test_generated_users_need_an_nli_model_with_the_right_labels(tiny_models, tmp_path, capsys):
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_models, personas={"source": "generated", "nli_model": str(tiny_models / "toxicity")}
+    )
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(tmp_path / "run")]) == 2
+    assert "entailment" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "seed").exists()
