@@ -1,9 +1,10 @@
 """Critic throughput: next-token-probability experts against a judge that generates an answer and parses it.
 
-Both arms ask the same judge model the same questions: faithfulness and toxicity (Yes/No) for every candidate, and
-each FED policy (1/2) for every ordered pair of a user pair's candidates. The full critic reads the answer options'
-probabilities in batched forward passes; the naive judge generates up to `--answer_tokens` tokens per question, one
-question at a time, and parses "Yes"/"No"/"1"/"2" from the text (counting answers it cannot parse).
+Both arms ask the same judge model the same questions: faithfulness (Yes/No, after its in-context examples) and
+toxicity (Yes/No) for every candidate, and each FED policy (1/2) for every ordered pair of a user pair's candidates.
+The full critic reads the answer options' probabilities in batched forward passes; the naive judge generates up to
+`--answer_tokens` tokens per question, one question at a time, and parses "Yes"/"No"/"1"/"2" from the text (counting
+answers it cannot parse).
 
 Usage:
     python scripts/bench_critic.py                                   # tiny judge, CPU (builds it if missing)
@@ -28,11 +29,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer_tokens", type=int, default=16, help="Naive judge: tokens generated per answer.")
     parser.add_argument("--batch_tokens", type=int, default=1 << 16)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--faithfulness_examples", type=int, default=4, help="In-context examples of the faithfulness question."
+    )
     return parser
 
 
-def questions_for(candidates: list[dict]) -> list[tuple[str, list[str]]]:
-    """Every question the full critic asks (five FED policies, faithfulness, toxicity), with its answer options."""
+def questions_for(candidates: list[dict], examples: list[tuple[str, str]]) -> list[tuple[str, list[str], list]]:
+    """Every question the full critic asks (five FED policies, faithfulness, toxicity): options, examples shown."""
     from spc_train.critic.faithfulness import faithfulness_question
     from spc_train.critic.fed import POLICIES, pairwise_question
     from spc_train.critic.toxicity import QUESTION as TOXICITY
@@ -40,13 +44,13 @@ def questions_for(candidates: list[dict]) -> list[tuple[str, list[str]]]:
 
     asked = []
     for c in candidates:
-        asked.append((faithfulness_question(c), ["Yes", "No"]))
-        asked.append((TOXICITY.format(conversation=format_conversation(c["turns"])), ["Yes", "No"]))
+        asked.append((faithfulness_question(c), ["Yes", "No"], examples))
+        asked.append((TOXICITY.format(conversation=format_conversation(c["turns"])), ["Yes", "No"], []))
     for policy in POLICIES:
         for a in candidates:
             for b in candidates:
                 if a is not b and a["pair_id"] == b["pair_id"]:
-                    asked.append((pairwise_question(policy, a, b), ["1", "2"]))
+                    asked.append((pairwise_question(policy, a, b), ["1", "2"], []))
     return asked
 
 
@@ -80,12 +84,14 @@ def main() -> None:
     ]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     judge = Judge(model, tokenizer, batch_tokens=args.batch_tokens)
-    experts = [FaithfulnessExpert("faithfulness", judge, 0.5), ToxicityExpert("toxicity", 0.5, judge=judge)]
+    faithfulness = FaithfulnessExpert("faithfulness", judge, 0.5, examples=args.faithfulness_examples)
+    experts = [faithfulness, ToxicityExpert("toxicity", 0.5, judge=judge)]
     experts += [FedPolicyExpert(policy, judge) for policy in POLICIES]
-    asked = questions_for(candidates)
+    asked = questions_for(candidates, faithfulness.examples)
     print(
         f"judge: {args.arch or args.model} ({device}); {args.pairs} pairs x {args.candidates} candidates; "
-        f"{len(asked)} questions (faithfulness, toxicity, {len(POLICIES)} FED policies in both orders)"
+        f"{len(asked)} questions (faithfulness with {len(faithfulness.examples)} examples, toxicity, "
+        f"{len(POLICIES)} FED policies in both orders)"
     )
 
     critique(candidates[: args.candidates], experts)  # warm-up
@@ -99,13 +105,14 @@ def main() -> None:
     sync()
     start = time.perf_counter()
     with torch.inference_mode():
-        for question, options in asked:
-            prompt = judge.render(question)
-            encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        for question, options, examples in asked:
+            ids = judge.encode(question, examples)  # the same prompt, fitted to the context the same way
+            encoded = {"input_ids": torch.tensor([ids], device=device)}
+            encoded["attention_mask"] = torch.ones_like(encoded["input_ids"])
             out = model.generate(
                 **encoded, max_new_tokens=args.answer_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
-            answer = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            answer = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
             found = re.search(r"\b(" + "|".join(options) + r")\b", answer)
             unparsed += found is None
     sync()

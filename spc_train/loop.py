@@ -79,7 +79,6 @@ class Loop:
             from .nli import check_nli
 
             check_nli(ModelSpec(name_or_path=recipe.personas.nli_model))
-        # -- critic start-up check (spc_train.critic.registry.check_experts) ------------------------------------------
         # Expert names, the judge's single-token answer options and the classifiers' labels, before anything is
         # written: only the judge tokenizer and the classifiers' config.json are loaded.
         from .critic.registry import check_experts, judge_options
@@ -87,7 +86,6 @@ class Loop:
 
         judge_tokenizer = load_tokenizer(recipe.judge_spec()) if judge_options(recipe.critic) else None
         check_experts(recipe.critic, judge_tokenizer)
-        # -- end of the critic start-up check -----------------------------------------------------------------------
         identities = self.identities()
         if state.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)

@@ -561,9 +561,9 @@ def test_build_experts_rejects_unknown_names():
     critic = CriticConfig(experts=["faithfulness", "humour"])
     with pytest.raises(ValueError, match="humour") as error:
         build_experts(critic, judge=lambda: pytest.fail("no judge needed"), classifier=lambda path: None)
-    for name in ["faithfulness", "toxicity", *POLICIES]:
+    for name in ["faithfulness", "faithfulness_nli", "toxicity", *POLICIES]:
         assert name in str(error.value)
-    assert set(EXPERTS) == {"faithfulness", "toxicity", *POLICIES}
+    assert set(EXPERTS) == {"faithfulness", "faithfulness_nli", "toxicity", *POLICIES}
 
 
 def test_build_experts_loads_only_what_the_experts_need(tok):

@@ -12,6 +12,7 @@ from collections import defaultdict
 from ..data.conversation import format_conversation
 from .scoring import Judge
 
+OPTIONS = ["1", "2"]  # P(1) = P(the conversation shown first is better)
 POLICIES = {
     "depth": "is a deeper conversation",
     "coherency": "is more coherent",
@@ -53,7 +54,7 @@ class FedPolicyExpert:
                     if a != b and candidates[a]["parsed"] and candidates[b]["parsed"]:
                         questions.append(pairwise_question(self.name, candidates[a], candidates[b]))
                         slots.append((a, b))
-        answers = self.judge.option_probabilities(questions, ["1", "2"]) if questions else []
+        answers = self.judge.option_probabilities(questions, OPTIONS) if questions else []
         first_wins = {slot: p[0] for slot, p in zip(slots, answers)}
         nan = float("nan")
         # pairwise[i][j]: P(candidate i beats its pair's j-th candidate, in candidate order).

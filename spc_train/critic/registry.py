@@ -1,26 +1,46 @@
 """Experts by name, as the recipe lists them (`critic.experts`), and the `critique` stage that runs them all.
 
 Like open-r1's reward registry: a string key in YAML picks a constructor. Models are loaded once, lazily, and only
-if an expert that needs them is asked for.
+if an expert that needs them is asked for. `check_experts` runs at start-up, before any stage: it needs only the
+judge's tokenizer and the classifiers' config.json files, so a judge that cannot write "Yes" as one token, or an NLI
+model without a contradiction label, fails in seconds instead of after generation.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from .faithfulness import FaithfulnessExpert
+from ..configs import RecipeError
+from . import faithfulness, fed, toxicity
+from .faithfulness import FaithfulnessExpert, faithfulness_examples
+from .faithfulness_nli import NliFaithfulnessExpert, contradiction_label
 from .fed import POLICIES, FedPolicyExpert
-from .scoring import Judge
-from .toxicity import ToxicityExpert
+from .scoring import Judge, JudgeError, option_token_ids
+from .toxicity import ToxicityExpert, toxic_label
 
 logger = logging.getLogger(__name__)
 
 
+class ExpertCheckError(JudgeError, RecipeError):
+    """The recipe's critic cannot run with its models: an answer option, a label or a model field is missing.
+
+    A `RecipeError` too, so the CLI reports it in one line, as it does a wrong recipe key.
+    """
+
+
 def _faithfulness(name, critic, judge, classifier):
-    return FaithfulnessExpert(name, judge(), critic.faithfulness_threshold)
+    return FaithfulnessExpert(name, judge(), critic.faithfulness_threshold, critic.faithfulness_examples)
+
+
+def _faithfulness_nli(name, critic, judge, classifier):
+    if not critic.nli_model:
+        raise ExpertCheckError(f"The {name} expert needs an NLI classifier: set critic.nli_model.")
+    model, tokenizer = classifier(critic.nli_model)
+    return NliFaithfulnessExpert(name, critic.faithfulness_nli_threshold, model, tokenizer)
 
 
 def _toxicity(name, critic, judge, classifier):
@@ -36,22 +56,101 @@ def _policy(name, critic, judge, classifier):
 
 EXPERTS: dict[str, Callable] = {
     "faithfulness": _faithfulness,
+    "faithfulness_nli": _faithfulness_nli,
     "toxicity": _toxicity,
     **{policy: _policy for policy in POLICIES},
 }
 
 
-def build_experts(critic, judge: Callable[[], Judge], classifier: Callable) -> list:
-    """Experts named in the recipe; `judge()` and `classifier(path)` load their models on first use."""
+@dataclass(frozen=True)
+class Needs:
+    """What an expert asks of its models: single-token answer options of the judge, or a classifier label."""
+
+    options: tuple[str, ...] = ()
+    model_field: str | None = None  # the CriticConfig field naming the classifier
+    label: Callable | None = None  # finds the needed label in the classifier's config, or raises JudgeError
+
+
+def needs(name: str, critic) -> Needs:
+    if name == "faithfulness":
+        return Needs(options=tuple(faithfulness.OPTIONS))
+    if name == "faithfulness_nli":
+        return Needs(model_field="nli_model", label=contradiction_label)
+    if name == "toxicity":
+        if critic.toxicity_model:
+            return Needs(model_field="toxicity_model", label=toxic_label)
+        return Needs(options=tuple(toxicity.OPTIONS))
+    if name in POLICIES:
+        return Needs(options=tuple(fed.OPTIONS))
+    raise KeyError(name)
+
+
+def _check_names(critic) -> None:
     unknown = [name for name in critic.experts if name not in EXPERTS]
     if unknown:
-        raise ValueError(f"Unknown critic expert(s) {unknown}; available: {', '.join(EXPERTS)}.")
+        raise ExpertCheckError(f"Unknown critic expert(s) {unknown}; available: {', '.join(EXPERTS)}.")
+
+
+def judge_options(critic) -> dict[str, tuple[str, ...]]:
+    """The answer options each configured judge (LLM) expert reads; empty when no expert prompts the judge."""
+    _check_names(critic)
+    return {name: needs(name, critic).options for name in critic.experts if needs(name, critic).options}
+
+
+def check_experts(critic, judge_tokenizer=None, load_config: Callable | None = None) -> None:
+    """Fail before any work if a configured expert cannot run: unknown name, bad example count, an answer option
+    that is not a single token of `judge_tokenizer`, or a classifier without its label (only config.json is read).
+    """
+    _check_names(critic)
+    try:
+        faithfulness_examples(critic.faithfulness_examples)
+    except ValueError as error:
+        raise ExpertCheckError(str(error)) from None
+    options = judge_options(critic)
+    if options and judge_tokenizer is None:
+        raise ExpertCheckError(f"Critic experts {sorted(options)} prompt the judge, but no judge tokenizer was given.")
+    for name, answers in options.items():
+        for option in answers:
+            try:
+                option_token_ids(judge_tokenizer, option)
+            except JudgeError as error:
+                raise ExpertCheckError(f"Critic expert '{name}': {error}") from None
+    for name in critic.experts:
+        need = needs(name, critic)
+        if need.model_field is None:
+            continue
+        path = getattr(critic, need.model_field)
+        if not path:
+            raise ExpertCheckError(f"The {name} expert needs a classifier: set critic.{need.model_field}.")
+        config = (load_config or _classifier_config)(path, f"{name} classifier")
+        try:
+            need.label(config)
+        except JudgeError as error:
+            raise ExpertCheckError(f"Critic expert '{name}' ({path}): {error}") from None
+
+
+def _classifier_config(path: str, role: str):
+    from transformers import AutoConfig
+
+    from ..models import check_available
+
+    check_available(path, role)
+    return AutoConfig.from_pretrained(path)
+
+
+def build_experts(critic, judge: Callable[[], Judge], classifier: Callable) -> list:
+    """Experts named in the recipe; `judge()` and `classifier(path)` load their models on first use."""
+    _check_names(critic)
     return [EXPERTS[name](name, critic, judge, classifier) for name in critic.experts]
 
 
 def critique(candidates: list[dict], experts: list) -> list[dict]:
-    """Every candidate scored by every expert; FED policies also keep their pairwise matrices."""
-    rows = [{**c, "scores": {}, "pairwise": {}} for c in candidates]
+    """Every candidate scored by every expert; FED policies also keep their pairwise matrices.
+
+    `reasons[name]` holds what an expert that can explain itself found (e.g. faithfulness_nli: the contradicting
+    utterance and attribute); experts that give no reasons are absent from it.
+    """
+    rows = [{**c, "scores": {}, "pairwise": {}, "reasons": {}} for c in candidates]
     for expert in tqdm(experts, desc="critique", unit="expert"):
         logger.info("Expert %s scores %d candidates.", expert.name, len(rows))
         for row, value in zip(rows, expert.score(candidates)):
@@ -59,4 +158,8 @@ def critique(candidates: list[dict], experts: list) -> list[dict]:
         if expert.kind == "policy":
             for row, matrix in zip(rows, expert.pairwise):
                 row["pairwise"][expert.name] = matrix
+        reasons = getattr(expert, "reasons", None)
+        if reasons and any(reason is not None for reason in reasons):
+            for row, reason in zip(rows, reasons):
+                row["reasons"][expert.name] = reason
     return rows

@@ -4,11 +4,17 @@ A judge prompt ends where the answer begins; one batched forward pass gives the 
 ("Yes"/"No", "1"/"2"). Options are matched to single tokens of the judge's tokenizer, with and without a leading space
 (both are summed), and renormalised over the options. A tokenizer that cannot write an option as one token is an
 error at start-up, never a silent 0.5.
+
+A question may come with in-context examples, (question, answer) pairs shown before it: prior user/assistant turns of
+a chat-template judge, or concatenated "question / Answer: answer" blocks for a plain LM. The probabilities are still
+read after the final generation prompt, where the judge's own answer would begin.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +49,18 @@ class Judge:
     batch_tokens: int = 32768
     context: int | None = None
     truncated: int = 0
+    examples_dropped: int = 0
 
-    def render(self, question: str) -> str:
+    def render(self, question: str, examples: Sequence[tuple[str, str]] = ()) -> str:
+        """The prompt up to where the answer begins; `examples` are answered (question, answer) turns shown first."""
         if self.tokenizer.chat_template:
-            messages = [{"role": "user", "content": question}]
+            messages = []
+            for shown, answer in examples:
+                messages += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": question})
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return question + "\nAnswer:"
+        shots = "".join(f"{shown}\nAnswer: {answer}\n\n" for shown, answer in examples)
+        return shots + question + "\nAnswer:"
 
     def _limit(self) -> int | None:
         return self.context or getattr(self.model.config, "max_position_embeddings", None)
@@ -62,13 +74,46 @@ class Judge:
         head = limit // 4
         return ids[:head] + ids[len(ids) - (limit - head) :]
 
+    def encode(self, question: str, examples: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Token ids of the rendered prompt. Over the context, examples go first (the last ones), then the middle.
+
+        Cutting the middle of a few-shot prompt would keep the examples and lose the question's own profiles.
+        """
+        shots = list(examples)
+        limit = self._limit()
+        while True:
+            ids = self.tokenizer(self.render(question, shots), add_special_tokens=False)["input_ids"]
+            if not shots or limit is None or len(ids) <= limit:
+                return self._fit(ids)
+            shots.pop()
+            self.examples_dropped += 1
+
+    def _keeps_last_logits_only(self) -> bool:
+        """Whether the model can skip the LM head on all but the last position (`logits_to_keep`, HF causal LMs).
+
+        The full logits are batch x width x vocabulary floats, of which one row per prompt is read: on the tiny CPU
+        judge the LM head over every position was a quarter of the time, and on a large vocabulary the tensor alone
+        takes gigabytes.
+        """
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        try:
+            return "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+
     @torch.inference_mode()
-    def option_probabilities(self, questions: list[str], options: list[str]) -> list[list[float]]:
-        """P(option) for each question, renormalised over `options`; rows follow `questions`' order."""
+    def option_probabilities(
+        self, questions: list[str], options: list[str], examples: Sequence[tuple[str, str]] = ()
+    ) -> list[list[float]]:
+        """P(option) for each question, renormalised over `options`; rows follow `questions`' order.
+
+        `examples` ((question, answer) pairs) are shown before every question, as answered turns.
+        """
         option_ids = [option_token_ids(self.tokenizer, option) for option in options]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        before = self.truncated
-        encoded = [self._fit(self.tokenizer(self.render(q), add_special_tokens=False)["input_ids"]) for q in questions]
+        before, dropped = self.truncated, self.examples_dropped
+        encoded = [self.encode(q, examples) for q in questions]
+        extra = {"logits_to_keep": 1} if self._keeps_last_logits_only() else {}
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[float]] = [[] for _ in questions]
         start = 0
@@ -86,7 +131,10 @@ class Judge:
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
             device = self.model.device
             logits = self.model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device)
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                **extra,
             ).logits[:, -1, :]
             # Renormalise in log space: the vocabulary's normaliser cancels, and a judge that prefers some third
             # token by a wide margin still gives the options' true ratio instead of underflowing to 0 / 0.
@@ -95,6 +143,11 @@ class Judge:
             mass = option_logits.softmax(-1)
             for row, index in enumerate(batch):
                 results[index] = mass[row].tolist()
+        if self.examples_dropped > dropped:
+            logger.warning(
+                "Dropped %d in-context examples to fit judge prompts in the judge context.",
+                self.examples_dropped - dropped,
+            )
         if self.truncated > before:
             logger.warning("Truncated %d judge prompts to the judge context.", self.truncated - before)
         return results

@@ -7,6 +7,7 @@ import torch
 from ..data.conversation import format_conversation
 from .scoring import Judge, JudgeError
 
+OPTIONS = ["Yes", "No"]  # P(Yes) = P(toxic)
 QUESTION = "Is this conversation toxic? Why?\nConversation:\n{conversation}\nResponse:"
 
 
@@ -19,31 +20,39 @@ def toxic_label(config) -> int:
 
 
 class ToxicityExpert:
-    """A hard filter: P(toxic), from the judge LLM or from a sequence classifier; lower is better."""
+    """A hard filter: P(toxic), from the judge LLM or from a sequence classifier; lower is better.
+
+    With a classifier, `reasons` names each candidate's worst utterance after `score` (None from the judge LLM).
+    """
 
     kind = "filter"
 
     def __init__(self, name: str, threshold: float, judge: Judge | None = None, classifier=None, tokenizer=None):
         self.name, self.threshold, self.judge = name, threshold, judge
         self.classifier, self.tokenizer = classifier, tokenizer
+        self.reasons: list[dict | None] = []
         if classifier is not None:
             self.label = toxic_label(classifier.config)
 
     def score(self, candidates: list[dict]) -> list[float]:
         if self.classifier is None:
+            self.reasons = [None] * len(candidates)
             questions = [QUESTION.format(conversation=format_conversation(c["turns"])) for c in candidates]
-            return [p[0] for p in self.judge.option_probabilities(questions, ["Yes", "No"])]
+            return [p[0] for p in self.judge.option_probabilities(questions, OPTIONS)]
         return self._classify(candidates)
 
     @torch.inference_mode()
     def _classify(self, candidates: list[dict], batch_size: int = 64) -> list[float]:
-        texts, owners = [], []
+        texts, owners, where = [], [], []
         for index, candidate in enumerate(candidates):
-            for turn in candidate["turns"] or [{"text": candidate.get("text", "")}]:
+            turns = candidate["turns"] or [{"speaker": None, "text": candidate.get("text", "")}]  # unparsed: raw text
+            for position, turn in enumerate(turns):
                 texts.append(turn["text"])
                 owners.append(index)
+                where.append((position if candidate["turns"] else None, turn["speaker"]))
         multi_label = self.classifier.config.problem_type == "multi_label_classification"
         worst = [0.0] * len(candidates)
+        self.reasons = [None] * len(candidates)
         self.tokenizer.padding_side = "right"
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(
@@ -51,6 +60,11 @@ class ToxicityExpert:
             ).to(self.classifier.device)
             logits = self.classifier(**batch).logits.float()
             probs = logits.sigmoid() if multi_label else logits.softmax(-1)
-            for owner, p in zip(owners[start : start + batch_size], probs[:, self.label].tolist()):
-                worst[owner] = max(worst[owner], p)
+            for offset, p in enumerate(probs[:, self.label].tolist()):
+                owner = owners[start + offset]
+                if self.reasons[owner] is None or p > worst[owner]:
+                    worst[owner] = p
+                    turn, speaker = where[start + offset]
+                    utterance = texts[start + offset]
+                    self.reasons[owner] = {"turn": turn, "speaker": speaker, "utterance": utterance, "probability": p}
         return worst
