@@ -185,14 +185,20 @@ def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
     return tokenizer
 
 
+def _from_pretrained(auto_class, spec: ModelSpec, role: str):
+    """Any Auto class through the same checks, dtype / attention / 4-bit handling and device placement."""
+    check_spec(spec, role)
+    model = auto_class.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    if not spec.load_in_4bit:  # 4-bit weights are placed by their device_map
+        model.to(device())
+    return model
+
+
 def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool = False):
     """A causal LM on this process's device; `adapter` (or `spec.adapter`) is loaded on top with PEFT."""
     from transformers import AutoModelForCausalLM
 
-    check_spec(spec, "generator")
-    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
-    if not spec.load_in_4bit:
-        model.to(device())
+    model = _from_pretrained(AutoModelForCausalLM, spec, "generator")
     adapter = adapter or spec.adapter
     if adapter:
         from peft import PeftModel
@@ -207,22 +213,14 @@ def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool 
 def load_classifier(spec: ModelSpec, role: str = "classifier"):
     from transformers import AutoModelForSequenceClassification
 
-    check_spec(spec, role)
-    model = AutoModelForSequenceClassification.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
-    if not spec.load_in_4bit:
-        model.to(device())
-    return model.eval()
+    return _from_pretrained(AutoModelForSequenceClassification, spec, role).eval()
 
 
 def load_seq2seq_lm(spec: ModelSpec, role: str = "nli"):
-    """A seq2seq LM (e.g. a T5 NLI model answering "1"/"0"), with the same checks and dtype / 4-bit handling."""
+    """A seq2seq LM (e.g. a T5 NLI model answering "1"/"0")."""
     from transformers import AutoModelForSeq2SeqLM
 
-    check_spec(spec, role)
-    model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
-    if not spec.load_in_4bit:
-        model.to(device())
-    return model.eval()
+    return _from_pretrained(AutoModelForSeq2SeqLM, spec, role).eval()
 
 
 def resolve_embedder(name_or_path: str) -> str:

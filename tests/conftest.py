@@ -24,3 +24,15 @@ def tiny_models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-models")
     build_tiny_models(out, warm_start_steps=40, classifier_steps=80, max_conversations=90)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny-model unit tests: they gain nothing from threads, and busy threads stall badly on a
+    shared 2-core machine. Opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
