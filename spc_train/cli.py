@@ -5,6 +5,7 @@ Usage:
     spc-train generate --config RECIPE --run_dir RUN --iteration 0
     spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
     spc-train report --run_dir RUN
+    spc-train reproduce --run_dir RUN --iteration 1
     spc-train import-seed --input data.csv --output seed_ds [--format spc-csv] [--strict]
     spc-train make-tiny --output_dir tiny-models
 
@@ -52,6 +53,11 @@ def make_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", help="Recipe YAML (default: RUN/recipe.yaml).")
         if iterated:
             stage.add_argument("--iteration", type=int, required=True)
+
+    again = commands.add_parser("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
+    again.add_argument("--run_dir", required=True)
+    again.add_argument("--iteration", type=int, required=True)
+    again.add_argument("--work_dir", help="Where the re-run goes (default: a new temporary folder).")
 
     seed = commands.add_parser(
         "import-seed", help="Read seed conversations into canonical records (a datasets folder)."
@@ -123,8 +129,18 @@ def make_tiny(args) -> int:
     return 0
 
 
+def reproduce(args) -> int:
+    from .reproduce import format_results, reproduce
+
+    results = reproduce(args.run_dir, args.iteration, args.work_dir)
+    print(format_results(results))
+    return 0 if all(r["fingerprint"] and r["output"] and r["on_disk"] for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = make_parser().parse_known_args(argv)
+    if args.command == "reproduce":  # before any Hugging Face library reads the setting
+        os.environ["HF_HUB_OFFLINE"] = "1"
     _setup_logging()
     from .configs import RecipeError
     from .critic.scoring import JudgeError
@@ -139,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return import_seed(args)
         if args.command == "make-tiny":
             return make_tiny(args)
+        if args.command == "reproduce":
+            return reproduce(args)
         from .evaluation.summary import format_summary
         from .loop import Loop
 

@@ -400,13 +400,8 @@ class Loop:
         loaded: dict[str, Any] = {}
 
         def generate(fp: str) -> None:
-            # Shards of an older fingerprint are not ours to resume from.
-            marker = shards_dir / "FINGERPRINT"
-            if state.is_main_process:
-                if marker.exists() and marker.read_text() != fp:
-                    shutil.rmtree(shards_dir)
-                shards_dir.mkdir(parents=True, exist_ok=True)
-                marker.write_text(fp)
+            if state.is_main_process:  # shards of an older fingerprint are not ours to resume from
+                self.run.scratch(self.run.stage_dir("candidates", iteration), "shards", fp)
             state.wait_for_everyone()
             pairs = load_rows(pairs_dir)
             pool = [row for folder in pool_dirs for row in load_rows(folder)]
@@ -534,6 +529,11 @@ class Loop:
         return self._stage("train", iteration, config, [fp for _, fp in sources], {}, write)
 
     def stage_train(self, iteration: int) -> str:
+        """LoRA SFT. Every process trains (DDP/FSDP/ZeRO under `accelerate launch`); checkpoints go to a scratch
+        folder of this fingerprint, so a killed run resumes from its last checkpoint; the main process saves."""
+        import shutil
+
+        from accelerate import PartialState
         from datasets import load_from_disk
 
         from .training.sft import train_adapter
@@ -547,19 +547,33 @@ class Loop:
         config = {"training": self.recipe.section("training"), "model": self.recipe.section("model")}
         models = {"generator": self.identities()["generator"]}
         seed = self.recipe.loop.seed + iteration
+        folder = self.run.stage_dir("adapter", iteration)
+        scratch = folder.with_name(".adapter.checkpoints")
+        state = PartialState()
+        stats: dict[str, Any] = {}
 
-        def write(out: Path) -> dict:
-            rows = load_from_disk(str(data_dir))
+        def train(fp: str) -> None:
+            if state.is_main_process:
+                self.run.scratch(folder, "checkpoints", fp)
+            state.wait_for_everyone()
+            rows = load_from_disk(str(data_dir), keep_in_memory=True)  # no cache files in the run
             if len(rows) == 0:
                 raise StageInputError(
                     f"No conversation passed the critic at iteration {iteration}, so there is nothing to train on "
                     f"(see {self.run.stage_dir('selected', iteration)}/stage.json). Lower the critic thresholds, "
                     "sample more candidates, or set loop.train: false."
                 )
-            args = self.recipe.sft_config(output_dir=str(out.parent / ".train-checkpoints"), seed=seed)
-            return train_adapter(rows, self.recipe.model, args, out, init_adapter=init_adapter)
+            args = self.recipe.sft_config(output_dir=str(scratch), seed=seed)
+            stats.update(train_adapter(rows, self.recipe.model, args, scratch / "final", init_adapter=init_adapter))
 
-        return self._stage("adapter", iteration, config, [data_fp, init_fp], models, write)
+        def write(out: Path) -> dict:
+            for path in (scratch / "final").iterdir():
+                if path.name != "training_args.bin":  # a pickle of this run's paths; the recipe has the values
+                    shutil.move(str(path), out / path.name)
+            shutil.rmtree(scratch)
+            return stats
+
+        return self._stage("adapter", iteration, config, [data_fp, init_fp], models, write, parallel=train)
 
     def stage_evaluate(self, iteration: int) -> str:
         from .evaluation.metrics import dataset_statistics

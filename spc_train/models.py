@@ -87,9 +87,10 @@ def check_spec(spec: ModelSpec, role: str) -> None:
 def _folder_hash(folder: str, signature: tuple) -> str:
     digest = hashlib.sha256()
     for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or path.name == "stage.json" or "/." in path.as_posix():
+        relative = path.relative_to(folder).as_posix()
+        if not path.is_file() or path.name == "stage.json" or relative.startswith(".") or "/." in relative:
             continue
-        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(relative.encode())
         size = path.stat().st_size
         with path.open("rb") as handle:
             if size <= _FULL_HASH_LIMIT:

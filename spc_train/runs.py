@@ -131,9 +131,12 @@ class RunDir:
         tmp.mkdir()
         start = time.perf_counter() if started is None else started
         stats = write(tmp) or {}
+        from .models import folder_hash
+
         record = {
             "stage": stage or folder.name,
             "fingerprint": fp,
+            "output_hash": folder_hash(tmp),  # what `spc-train reproduce` compares a re-run with
             "seconds": round(time.perf_counter() - start, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **stats,
@@ -142,6 +145,17 @@ class RunDir:
         replace_folder(tmp, folder)
         self.record_stage(folder, fp)
         return record
+
+    def scratch(self, folder: Path, kind: str, fp: str) -> Path:
+        """A work folder beside a stage folder (generation shards, training checkpoints) that survives a crash, so
+        the next run resumes from it; left by another fingerprint, it is cleared. Call on the main process only."""
+        path = folder.with_name(f".{folder.name}.{kind}")
+        marker = path / "FINGERPRINT"
+        if path.exists() and (not marker.exists() or marker.read_text() != fp):
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fp)
+        return path
 
     # -- manifest -------------------------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

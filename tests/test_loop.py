@@ -327,3 +327,23 @@ def test_generated_users_need_an_nli_model_with_the_right_labels(tiny_models, tm
     assert main(["loop", "--config", str(recipe), "--run_dir", str(tmp_path / "run")]) == 2
     assert "entailment" in capsys.readouterr().err
     assert not (tmp_path / "run" / "seed").exists()
+
+
+def test_reproduce_matches_an_unmodified_run_and_names_a_tampered_stage(demo_run, tmp_path, capsys):
+    _, run = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["reproduce", "--run_dir", str(copy), "--iteration", "1", "--work_dir", str(tmp_path / "w1")]) == 0
+    printed = capsys.readouterr().out
+    assert "reproduced: every stage matches" in printed and "iter-01/adapter" in printed
+
+    # Tamper with a recorded output: drop one selected conversation and save the folder again.
+    from datasets import Dataset
+
+    rows = load(copy / "iter-01" / "selected")[1:]
+    stage_json = (copy / "iter-01" / "selected" / "stage.json").read_text()
+    shutil.rmtree(copy / "iter-01" / "selected")
+    Dataset.from_list(rows).save_to_disk(str(copy / "iter-01" / "selected"))
+    (copy / "iter-01" / "selected" / "stage.json").write_text(stage_json)
+    assert main(["reproduce", "--run_dir", str(copy), "--iteration", "1", "--work_dir", str(tmp_path / "w2")]) == 1
+    assert "NOT reproduced: iter-01/selected" in capsys.readouterr().out

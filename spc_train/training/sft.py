@@ -29,8 +29,8 @@ def lora_config(model_args):
 def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str | None = None) -> dict:
     """Train on `rows` (a `datasets.Dataset` of prompt/completion) and save the adapter to `output_dir`.
 
-    `args` is the run's `SFTConfig`; its `output_dir` holds checkpoints, outside the adapter folder, which is written
-    once training is over. Loss is on the completion only unless the recipe says otherwise.
+    `args` is the run's `SFTConfig`; its `output_dir` holds checkpoints, and training resumes from the last one found
+    there. Loss is on the completion only unless the recipe says otherwise.
     """
     from trl import SFTTrainer
 
@@ -47,9 +47,13 @@ def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str
         processing_class=tokenizer,
         peft_config=None if init_adapter else lora_config(model_args),
     )
-    result = trainer.train()
-    trainer.model.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        logger.info("Resuming training from %s.", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(output_dir))  # the adapter and tokenizer, written by the main process only
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "train_loss": round(result.training_loss, 6),
@@ -57,6 +61,7 @@ def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str
         "steps": trainer.state.global_step,
         "rows": len(rows),
         "init_adapter": init_adapter,
+        "resumed_from": Path(last).name if last else None,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "loss_is_finite": math.isfinite(result.training_loss),
     }
