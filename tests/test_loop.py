@@ -347,3 +347,30 @@ def test_reproduce_matches_an_unmodified_run_and_names_a_tampered_stage(demo_run
     (copy / "iter-01" / "selected" / "stage.json").write_text(stage_json)
     assert main(["reproduce", "--run_dir", str(copy), "--iteration", "1", "--work_dir", str(tmp_path / "w2")]) == 1
     assert "NOT reproduced: iter-01/selected" in capsys.readouterr().out
+
+
+def test_whole_loop_under_accelerate_launch_with_two_processes(demo_run, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) runs the loop; iteration 0's selection equals
+    one process's. Later iterations differ by design: two processes train on two half batches per step (DDP)."""
+    import os
+    import subprocess
+    import sys
+
+    recipe, run = demo_run
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
+    command += ["29537", str(Path(__file__).resolve().parents[1] / "scripts" / "run_loop.py")]
+    command += ["--config", str(recipe), "--run_dir", str(tmp_path / "run"), "--training.ddp_find_unused_parameters"]
+    command += ["false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in STAGES:
+        assert read_stage(tmp_path / "run" / "iter-01" / stage) is not None
+    assert read_stage(tmp_path / "run" / "iter-00" / "candidates")["processes"] == 2
+    # NaN-aware: the pairwise matrices have NaN on their diagonal, and NaN != NaN.
+    for stage in ("candidates", "critiques", "selected"):
+        ours, theirs = (json.dumps(load(r / "iter-00" / stage), sort_keys=True) for r in (tmp_path / "run", run))
+        assert ours == theirs, stage
+    assert "iter-01" in result.stdout  # the summary table, printed once by the main process
+    assert result.stdout.count("report:") == 1
