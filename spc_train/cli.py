@@ -6,6 +6,7 @@ Usage:
     spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
     spc-train report --run_dir RUN
     spc-train reproduce --run_dir RUN --iteration 1
+    spc-train push RUN --repo_id ORG/NAME [--public] [--include_candidates]
     spc-train import-seed --input data.csv --output seed_ds [--format spc-csv] [--strict]
     spc-train make-tiny --output_dir tiny-models
 
@@ -53,6 +54,14 @@ def make_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", help="Recipe YAML (default: RUN/recipe.yaml).")
         if iterated:
             stage.add_argument("--iteration", type=int, required=True)
+
+    push = commands.add_parser("push", help="Upload a run's selected data and adapters to the Hugging Face Hub.")
+    push.add_argument("run_dir", help="Run directory.")
+    push.add_argument("--repo_id", required=True, help="ORG/NAME: the dataset repo and the adapter (model) repo.")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True, help="Private (default).")
+    visibility.add_argument("--public", dest="private", action="store_false", help="Public repos.")
+    push.add_argument("--include_candidates", action="store_true", help="Also upload every candidate with its scores.")
 
     again = commands.add_parser("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
     again.add_argument("--run_dir", required=True)
@@ -145,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from .configs import RecipeError
     from .critic.scoring import JudgeError
     from .data import SeedDataError
+    from .hub import HubOfflineError, PushError
     from .loop import StageInputError
     from .models import ModelNotFoundError
     from .nli import NliError
@@ -157,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             return make_tiny(args)
         if args.command == "reproduce":
             return reproduce(args)
+        if args.command == "push":
+            from .hub import push_run
+
+            result = push_run(
+                args.run_dir, args.repo_id, private=args.private, include_candidates=args.include_candidates
+            )
+            print(result.summary())
+            return 0
         from .evaluation.summary import format_summary
         from .loop import Loop
 
@@ -177,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         NliError,
         JudgeError,
         ProfileConstructionError,
+        HubOfflineError,
+        PushError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
