@@ -1,8 +1,8 @@
 """Recipe sections as thin dataclasses, parsed from a sectioned YAML file by TRL's `TrlParser`.
 
 A recipe is a YAML mapping of sections (`seed`, `model`, `judge`, `personas`, `generation`, `critic`, `training`,
-`loop`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own `TrlParser`, so a typo is
-reported with the key *and* the section it sits in, and any field can be overridden on the command line as
+`loop`, `hub`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own `TrlParser`, so a
+typo is reported with the key *and* the section it sits in, and any field can be overridden on the command line as
 `--section.field value` (or `--field value` when the name is unique across sections).
 """
 
@@ -268,6 +268,20 @@ class LoopConfig:
     )
 
 
+@dataclass
+class HubConfig:
+    """Push each iteration's selected data and adapter to the Hub as the loop goes (`spc-train push` does it later)."""
+
+    repo_id: str | None = field(
+        default=None, metadata={"help": "ORG/NAME to push to after each iteration; unset: none."}
+    )
+    model_repo_id: str | None = field(
+        default=None, metadata={"help": "Adapter repo (default: repo_id, a model repo)."}
+    )
+    private: bool = field(default=True, metadata={"help": "Create private repositories."})
+    include_candidates: bool = field(default=False, metadata={"help": "Also push every candidate with its scores."})
+
+
 def _sft_config():
     from trl import SFTConfig
 
@@ -283,6 +297,7 @@ SECTIONS: dict[str, Any] = {
     "critic": CriticConfig,
     "training": None,  # trl.SFTConfig, imported lazily (heavy)
     "loop": LoopConfig,
+    "hub": HubConfig,
 }
 
 # SFTConfig fields not recorded in recipe.yaml or fingerprints: the run's own paths (set by the loop) and secrets.
@@ -303,6 +318,7 @@ class Recipe:
     critic: CriticConfig
     training: dict[str, Any]  # resolved trl.SFTConfig fields; `sft_config()` builds the object where training runs
     loop: LoopConfig
+    hub: HubConfig
     path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:

@@ -86,6 +86,13 @@ class Loop:
 
         judge_tokenizer = load_tokenizer(recipe.judge_spec()) if judge_options(recipe.critic) else None
         check_experts(recipe.critic, judge_tokenizer)
+        if recipe.hub.repo_id:
+            from .hub import HubOfflineError, hub_offline
+
+            if hub_offline():
+                raise HubOfflineError(
+                    f"hub.repo_id is {recipe.hub.repo_id!r} but HF_HUB_OFFLINE=1: unset hub.repo_id, or go online."
+                )
         identities = self.identities()
         if state.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
@@ -635,4 +642,23 @@ class Loop:
                 self.stage_sft_data(k)
                 self.stage_train(k)
             self.stage_evaluate(k)
+            self.push()
         self.stage_report()
+        self.push()
+
+    def push(self) -> None:
+        """Push what is finished to `hub.repo_id` (main process); the push ledger skips what is already there."""
+        from accelerate import PartialState
+
+        hub = self.recipe.hub
+        if hub.repo_id and PartialState().is_main_process:
+            from .hub import push_run
+
+            result = push_run(
+                self.run.root,
+                hub.repo_id,
+                model_repo_id=hub.model_repo_id,
+                private=hub.private,
+                include_candidates=hub.include_candidates,
+            )
+            logger.info("Hub: %s", result.summary())

@@ -374,3 +374,24 @@ def test_whole_loop_under_accelerate_launch_with_two_processes(demo_run, tmp_pat
         assert ours == theirs, stage
     assert "iter-01" in result.stdout  # the summary table, printed once by the main process
     assert result.stdout.count("report:") == 1
+
+
+def test_hub_section_pushes_after_each_iteration(demo_run, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from test_hub import FakeHfApi
+
+    recipe, run = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    # Offline (the test session's setting), a recipe that asks to push fails before any work.
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(copy), "--hub.repo_id", "org/spc-demo"]) == 2
+    fake = FakeHfApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(copy), "--hub.repo_id", "org/spc-demo"]) == 0
+    pushed = {(c["repo_type"], c["revision"] or "main") for c in fake.commits}
+    assert ("dataset", "main") in pushed and ("model", "iter-00") in pushed and ("model", "iter-01") in pushed
+    # The stages were all skipped: the hub section is not part of any stage's fingerprint.
+    assert read_stage(copy / "iter-01" / "selected") == read_stage(run / "iter-01" / "selected")
