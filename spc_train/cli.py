@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         loop = Loop(_recipe(args, overrides), args.run_dir)
         if args.command == "loop":
             loop.run_all()
-            print(format_summary(loop.run))
+            from accelerate import PartialState
+
+            if PartialState().is_main_process:
+                print(format_summary(loop.run))
             return 0
         method, iterated = STAGES[args.command]
         loop.prepare()
