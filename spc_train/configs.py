@@ -318,7 +318,7 @@ class Recipe:
     critic: CriticConfig
     training: dict[str, Any]  # resolved trl.SFTConfig fields; `sft_config()` builds the object where training runs
     loop: LoopConfig
-    hub: HubConfig
+    hub: HubConfig = field(default_factory=HubConfig)
     path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:
