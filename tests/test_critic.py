@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from spc_train.configs import CriticConfig
 from spc_train.critic.faithfulness import FaithfulnessExpert, faithfulness_question
@@ -92,21 +93,10 @@ def rule_judge(tok, rule, **kwargs) -> Judge:
 
 
 def tiny_llama(tok, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tiny_llama_config(tok, eos_token_id=tok.eos_token_id, bos_token_id=None)
     return LlamaForCausalLM(config).float().eval()
 
 
@@ -456,7 +446,7 @@ CLEAN_P = 0.05
 
 def marker_classifier(tok, id2label, problem_type=None):
     """A tiny Llama sequence classifier whose P(toxic) is set by the words in each (right-padded) utterance."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     class MarkerClassifier(LlamaForSequenceClassification):
         def forward(self, input_ids=None, attention_mask=None, **kwargs):
@@ -478,15 +468,8 @@ def marker_classifier(tok, id2label, problem_type=None):
             return output
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
+    config = tiny_llama_config(
+        tok,
         num_labels=len(id2label),
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},

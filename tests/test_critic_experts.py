@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 from test_critic import CORPUS, RuleLM, conversation, marker_classifier, rule_judge, single_id
 
 from spc_train.configs import (
@@ -170,7 +171,7 @@ def test_a_model_that_can_skip_the_lm_head_is_asked_for_the_last_position_only(t
 # -- faithfulness_nli -----------------------------------------------------------------------------------------------
 def marker_nli(tok, id2label=None):
     """A tiny Llama NLI classifier: P(contradiction) comes from CONTRADICTIONS, keyed by (premise, hypothesis)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     id2label = id2label or {0: "entailment", 1: "neutral", 2: "contradiction"}
 
@@ -192,18 +193,8 @@ def marker_nli(tok, id2label=None):
             return output
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
+    config = tiny_llama_config(
+        tok, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()}
     )
     model = MarkerNli(config).eval()
     model.test_tokenizer, model.calls, model.pairs = tok, [], []

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from spc_train.generation import engine
 from spc_train.generation.candidates import (
@@ -72,21 +73,10 @@ def model(tok):
 
 
 def tiny_llama(tok, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tiny_llama_config(tok, eos_token_id=tok.eos_token_id, bos_token_id=None)
     return LlamaForCausalLM(config).eval()
 
 
