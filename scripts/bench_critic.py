@@ -62,9 +62,9 @@ def main() -> None:
     from spc_train.critic.faithfulness import FaithfulnessExpert
     from spc_train.critic.fed import POLICIES, FedPolicyExpert
     from spc_train.critic.registry import critique
-    from spc_train.critic.scoring import Judge
     from spc_train.critic.toxicity import ToxicityExpert
     from spc_train.data import read_seed
+    from spc_train.judge import Judge
     from spc_train.tiny import default_seed_path
 
     if args.arch and args.arch not in ARCHS:

@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
     _setup_logging()
     from .configs import RecipeError
-    from .critic.scoring import JudgeError
     from .data import SeedDataError
     from .hub import HubOfflineError, PushError
+    from .judge import JudgeError
     from .loop import StageInputError
     from .models import ModelNotFoundError
     from .nli import NliError

@@ -452,7 +452,7 @@ class Loop:
 
     def stage_critique(self, iteration: int) -> str:
         from .critic.registry import build_experts, critique
-        from .critic.scoring import Judge
+        from .judge import Judge
         from .models import identity, load_causal_lm, load_classifier, load_tokenizer
 
         candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")

@@ -18,9 +18,9 @@ from spc_train.configs import CriticConfig
 from spc_train.critic.faithfulness import FaithfulnessExpert, faithfulness_question
 from spc_train.critic.fed import POLICIES, FedPolicyExpert
 from spc_train.critic.registry import EXPERTS, build_experts, critique
-from spc_train.critic.scoring import Judge, JudgeError, option_token_ids
 from spc_train.critic.selection import passes, select
 from spc_train.critic.toxicity import ToxicityExpert, toxic_label
+from spc_train.judge import Judge, JudgeError, option_token_ids
 
 NAN = float("nan")
 MARKER = "zebra"
@@ -214,7 +214,7 @@ def test_the_judge_context_defaults_to_the_model_limit(tok):
 
 def test_truncation_is_logged(tok, caplog):
     judge = rule_judge(tok, lambda text: {"No": 1.0}, context=16)
-    with caplog.at_level(logging.WARNING, logger="spc_train.critic.scoring"):
+    with caplog.at_level(logging.WARNING, logger="spc_train.judge"):
         judge.option_probabilities(["word " * 100], ["Yes", "No"])
     assert judge.truncated == 1
     assert "Truncated 1 judge prompts" in caplog.text

@@ -30,8 +30,8 @@ from spc_train.configs import (
 from spc_train.critic.faithfulness import EXAMPLES, OPTIONS, FaithfulnessExpert, faithfulness_question
 from spc_train.critic.faithfulness_nli import NliFaithfulnessExpert, contradiction_label
 from spc_train.critic.registry import ExpertCheckError, build_experts, check_experts, critique, judge_options
-from spc_train.critic.scoring import Judge, JudgeError
 from spc_train.critic.selection import select
+from spc_train.judge import Judge, JudgeError
 
 NAN = float("nan")
 FAITHFULNESS_CUE = "contradict either of their profiles"

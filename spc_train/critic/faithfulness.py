@@ -11,7 +11,7 @@ contradict user 2's profile and user 1's, so that the judge is not taught to loo
 from __future__ import annotations
 
 from ..data.conversation import format_conversation
-from .scoring import Judge
+from ..judge import Judge
 
 OPTIONS = ["Yes", "No"]  # P(Yes) = P(the conversation contradicts a profile)
 QUESTION = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .scoring import JudgeError
+from ..judge import JudgeError
 
 
 def contradiction_label(config) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..data.conversation import format_conversation
-from .scoring import Judge
+from ..judge import Judge
 
 OPTIONS = ["1", "2"]  # P(1) = P(the conversation shown first is better)
 POLICIES = {

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ..configs import RecipeError
+from ..judge import Judge, JudgeError, option_token_ids
 from . import faithfulness, fed, toxicity
 from .faithfulness import FaithfulnessExpert, faithfulness_examples
 from .faithfulness_nli import NliFaithfulnessExpert, contradiction_label
 from .fed import POLICIES, FedPolicyExpert
-from .scoring import Judge, JudgeError, option_token_ids
 from .toxicity import ToxicityExpert, toxic_label
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data.conversation import format_conversation
-from .scoring import Judge, JudgeError
+from ..judge import Judge, JudgeError
 
 OPTIONS = ["Yes", "No"]  # P(Yes) = P(toxic)
 QUESTION = "Is this conversation toxic? Why?\nConversation:\n{conversation}\nResponse:"

@@ -1,5 +1,8 @@
 """Reading a judge's answer from its next-token probabilities: no sampling, no text parsing.
 
+Shared by the critic's experts and the evaluation's judges (detection test, profile extraction, LLM-judge scores),
+so it lives below both stages.
+
 A judge prompt ends where the answer begins; one batched forward pass gives the probability of each answer option
 ("Yes"/"No", "1"/"2"). Options are matched to single tokens of the judge's tokenizer, with and without a leading space
 (both are summed), and renormalised over the options. A tokenizer that cannot write an option as one token is an
