@@ -247,6 +247,10 @@ class CriticConfig:
             "CPU it only adds padded attention, and 1 (one prompt per pass) was fastest in scripts/bench_critic.py."
         },
     )
+    shard_size: int = field(
+        default=64,
+        metadata={"help": "User pairs per critique shard: the unit of data parallelism and of resume."},
+    )
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .configs import ModelSpec, Recipe, save_recipe
-from .runs import RunDir, fingerprint, load_rows, package_versions, read_stage, save_rows
+from .runs import RunDir, fingerprint, load_rows, package_versions, read_shards, read_stage, save_rows
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ class Loop:
 
         from accelerate import PartialState
 
-        from .generation.candidates import generate_shards, read_shards, save_generation_config
+        from .generation.candidates import generate_shards, save_generation_config
         from .models import load_causal_lm, load_tokenizer
 
         pairs_dir, pairs_fp = self._input("pairs", command="pair-users")
@@ -451,7 +451,14 @@ class Loop:
         return self._stage("candidates", iteration, config, inputs, models, write, parallel=generate)
 
     def stage_critique(self, iteration: int) -> str:
-        from .critic.registry import build_experts, critique
+        """Critiques. Every process scores its shards of user pairs (data parallel); the main process merges them."""
+        import shutil
+        from functools import partial
+
+        from accelerate import PartialState
+
+        from .critic.critiques import critique_shards
+        from .critic.registry import build_experts
         from .judge import Judge
         from .models import identity, load_causal_lm, load_classifier, load_tokenizer
 
@@ -463,7 +470,11 @@ class Loop:
         if critic.nli_model and "faithfulness_nli" in critic.experts:
             models["nli"] = identity(critic.nli_model)
         judge_spec = self.recipe.judge_spec()
+        folder = self.run.stage_dir("critiques", iteration)
+        shards_dir = folder.with_name(".critiques.shards")
+        state = PartialState()
         loaded: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
 
         def judge() -> Judge:
             if "judge" not in loaded:
@@ -477,19 +488,39 @@ class Loop:
             spec = ModelSpec(name_or_path=path, dtype=judge_spec.dtype)
             return load_classifier(spec, role), load_tokenizer(spec, padding_side="right")
 
+        def score(fp: str) -> None:
+            if state.is_main_process:  # shards of an older fingerprint are not ours to resume from
+                self.run.scratch(folder, "shards", fp)
+            state.wait_for_everyone()
+            candidates = load_rows(candidates_dir)
+            stats.update(
+                critique_shards(
+                    candidates,
+                    partial(build_experts, critic, judge, classifier),
+                    shards_dir,
+                    shard_size=critic.shard_size,
+                    process_index=state.process_index,
+                    num_processes=state.num_processes,
+                )
+            )
+
         def write(out: Path) -> dict:
-            experts = build_experts(critic, judge, classifier)
-            rows = critique(load_rows(candidates_dir), experts)
+            rows = read_shards(shards_dir, stats["num_shards"])
+            if rows is None:
+                raise RuntimeError(f"A shard is missing from {shards_dir} after critique; re-run to resume.")
             save_rows(rows, out)
+            shutil.rmtree(shards_dir)
             used = loaded.get("judge")
             return {
                 "rows": len(rows),
                 "experts": critic.experts,
+                "processes": state.num_processes,
+                **stats,
                 "judge_prompts_truncated": used.truncated if used else 0,
                 "judge_examples_dropped": used.examples_dropped if used else 0,
             }
 
-        return self._stage("critiques", iteration, config, [candidates_fp], models, write)
+        return self._stage("critiques", iteration, config, [candidates_fp], models, write, parallel=score)
 
     def thresholds(self) -> dict[str, float]:
         critic = self.recipe.critic

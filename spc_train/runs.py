@@ -96,6 +96,39 @@ def replace_folder(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def shard_path(shards_dir: Path, index: int) -> Path:
+    return shards_dir / f"shard-{index:05d}.jsonl"
+
+
+def write_shard(path: Path, rows: list[dict]) -> None:
+    """One finished shard of a data-parallel stage, written atomically: a shard file that exists is complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_shards(shards_dir: Path, num_shards: int) -> list[dict] | None:
+    """All rows in shard order, or None while a shard is missing."""
+    rows: list[dict] = []
+    for index in range(num_shards):
+        path = shard_path(shards_dir, index)
+        if not path.exists():
+            return None
+        rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return rows
+
+
+def pending_shards(shards_dir: Path, num_shards: int, process_index: int = 0, num_processes: int = 1) -> list[int]:
+    """This process's shards (p, p + world, ...) that are not written yet; logs what a resumed run skips."""
+    mine = [i for i in range(num_shards) if i % num_processes == process_index]
+    todo = [i for i in mine if not shard_path(shards_dir, i).exists()]
+    if len(todo) < len(mine):
+        logger.info("Resuming %s: %d of %d shards already written.", shards_dir.name, len(mine) - len(todo), len(mine))
+    return todo
+
+
 class RunDir:
     """Paths and bookkeeping of one run: `RUN/seed`, `RUN/iter-00/candidates`, `RUN/report`, ..."""
 

@@ -18,10 +18,10 @@ from spc_train.generation.candidates import (
     generate_shards,
     parse_candidate,
     pick_examples,
-    read_shards,
 )
 from spc_train.generation.engine import Sample, batch_seed, plan_batches, sample_conversations, stop_token_ids
 from spc_train.generation.prompts import INSTRUCTION, REQUEST, generator_prompt, render
+from spc_train.runs import read_shards
 
 # PAPER.md §1.4 (Table 6 of the paper), word for word.
 PAPER_INSTRUCTION = (

@@ -1,10 +1,12 @@
 """The whole loop on tiny models: outputs, skip on re-run, resume after a crash, adapters, selection."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from spc_train.cli import main
@@ -36,13 +38,15 @@ def write_recipe(path: Path, tiny: Path, **changes) -> Path:
             "toxicity_model": str(tiny / "toxicity"),
             "faithfulness_threshold": 0.99,
             "toxicity_threshold": 0.99,
+            "shard_size": 3,
         },
         "training": {
             "max_steps": 4,
             "per_device_train_batch_size": 2,
             "learning_rate": 5e-3,
             "max_length": 384,
-            "save_strategy": "no",
+            "save_strategy": "steps",
+            "save_steps": 2,
             "report_to": "none",
             "use_cpu": True,
             "bf16": False,
@@ -167,7 +171,7 @@ def test_killed_generation_resumes_to_the_same_candidates(demo_run, tmp_path, mo
     copy.mkdir()
     for stage in ("seed", "pairs"):
         shutil.copytree(run / stage, copy / stage)
-    real_write = candidates._write_shard
+    real_write = candidates.write_shard
     calls = []
 
     def crash_on_second_shard(path, rows):
@@ -176,19 +180,121 @@ def test_killed_generation_resumes_to_the_same_candidates(demo_run, tmp_path, mo
             raise KeyboardInterrupt("killed")
         real_write(path, rows)
 
-    monkeypatch.setattr(candidates, "_write_shard", crash_on_second_shard)
+    monkeypatch.setattr(candidates, "write_shard", crash_on_second_shard)
     loop = Loop(parse_recipe(recipe), copy)
     with pytest.raises(KeyboardInterrupt):
         loop.stage_generate(0)
     assert read_stage(copy / "iter-00" / "candidates") is None
     assert [p.name for p in (copy / "iter-00" / ".candidates.shards").glob("shard-*.jsonl")] == ["shard-00000.jsonl"]
 
-    monkeypatch.setattr(candidates, "_write_shard", real_write)
+    monkeypatch.setattr(candidates, "write_shard", real_write)
     loop.stage_generate(0)
     stats = read_stage(copy / "iter-00" / "candidates")
     assert stats["shards_generated"] == 1 and stats["num_shards"] == 2
     assert load(copy / "iter-00" / "candidates") == load(run / "iter-00" / "candidates")
     assert stats["fingerprint"] == read_stage(run / "iter-00" / "candidates")["fingerprint"]
+
+
+# Runs `spc-train ARGS` and SIGKILLs itself right after the patched function's `TRIGGER`-th call returns: a real
+# `kill -9` (no cleanup, no exception handlers), landing at a point the test chooses.
+KILLER = """
+import os, signal, sys
+from importlib import import_module
+from spc_train.cli import main
+module_name, owner, name, trigger = sys.argv[1:5]
+target = getattr(import_module(module_name), owner) if owner != "-" else import_module(module_name)
+real, calls = getattr(target, name), []
+def killed_after(*args, **kwargs):
+    result = real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == int(trigger):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(target, name, killed_after)
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+def run_killed(tmp_path: Path, patch: list[str], args: list[str]) -> int:
+    import os
+    import subprocess
+    import sys
+
+    # The same thread count as this process: float sums over threads, hence scores, depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-c", KILLER, *patch, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600).returncode
+
+
+def assert_same_rows(ours: list[dict], theirs: list[dict], where: str = "") -> None:
+    """Equal rows, floats to a relative 1e-5 and NaN equal to NaN (pairwise matrices have NaN diagonals)."""
+
+    def close(a, b) -> bool:
+        if isinstance(a, float) and isinstance(b, float):
+            return (a != a and b != b) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        return a == b
+
+    assert len(ours) == len(theirs), where
+    for index, (a, b) in enumerate(zip(ours, theirs)):
+        assert close(a, b), f"{where} row {index}: {a} != {b}"
+
+
+def copy_run(run: Path, to: Path, stages: list[str]) -> Path:
+    for stage in stages:
+        shutil.copytree(run / stage, to / stage)
+    return to
+
+
+def test_killed_critique_resumes_to_the_same_critiques(demo_run, tmp_path):
+    """kill -9 after the first shard of critiques; the same command scores only the rest; rows equal the run's."""
+    import signal
+
+    recipe, run = demo_run
+    copy = copy_run(run, tmp_path / "run", ["seed", "pairs", "iter-00/candidates"])
+    command = ["critique", "--config", str(recipe), "--run_dir", str(copy), "--iteration", "0"]
+    patch = ["spc_train.critic.critiques", "-", "write_shard", "1"]
+    assert run_killed(tmp_path, patch, command) == -signal.SIGKILL
+    shards = copy / "iter-00" / ".critiques.shards"
+    assert [p.name for p in shards.glob("shard-*.jsonl")] == ["shard-00000.jsonl"]
+    assert read_stage(copy / "iter-00" / "critiques") is None
+
+    assert main(command) == 0
+    stats = read_stage(copy / "iter-00" / "critiques")
+    assert stats["num_shards"] == 2 and stats["shards_scored"] == 1
+    assert not shards.exists()
+    # NaN-aware: the pairwise matrices have NaN on their diagonal, and NaN != NaN.
+    ours, theirs = (json.dumps(load(r / "iter-00" / "critiques"), sort_keys=True) for r in (copy, run))
+    assert ours == theirs
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(demo_run, tmp_path):
+    """kill -9 right after checkpoint-2 is saved; the same command resumes there and ends with the same adapter."""
+    import signal
+
+    from safetensors.torch import load_file
+
+    recipe, run = demo_run
+    stages = ["seed", "pairs", "iter-00/candidates", "iter-00/critiques", "iter-00/selected", "iter-00/train"]
+    copy = copy_run(run, tmp_path / "run", stages)
+    command = ["train", "--config", str(recipe), "--run_dir", str(copy), "--iteration", "0"]
+    patch = ["transformers", "Trainer", "_save_checkpoint", "1"]
+    assert run_killed(tmp_path, patch, command) == -signal.SIGKILL
+    checkpoints = copy / "iter-00" / ".adapter.checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert read_stage(copy / "iter-00" / "adapter") is None
+
+    assert main(command) == 0
+    stats = read_stage(copy / "iter-00" / "adapter")
+    assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 4
+    assert not checkpoints.exists()
+    ours, theirs = (load_file(r / "iter-00" / "adapter" / "adapter_model.safetensors") for r in (copy, run))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
 
 
 def test_missing_model_fails_before_any_work(tiny_models, tmp_path, capsys):
@@ -368,10 +474,10 @@ def test_whole_loop_under_accelerate_launch_with_two_processes(demo_run, tmp_pat
     for stage in STAGES:
         assert read_stage(tmp_path / "run" / "iter-01" / stage) is not None
     assert read_stage(tmp_path / "run" / "iter-00" / "candidates")["processes"] == 2
-    # NaN-aware: the pairwise matrices have NaN on their diagonal, and NaN != NaN.
+    # Scores agree to float noise: each process runs 1 thread here, the reference 2, and a float sum's order follows
+    # the threads. Which candidates exist and which are selected is exactly the same.
     for stage in ("candidates", "critiques", "selected"):
-        ours, theirs = (json.dumps(load(r / "iter-00" / stage), sort_keys=True) for r in (tmp_path / "run", run))
-        assert ours == theirs, stage
+        assert_same_rows(load(tmp_path / "run" / "iter-00" / stage), load(run / "iter-00" / stage), stage)
     assert "iter-01" in result.stdout  # the summary table, printed once by the main process
     assert result.stdout.count("report:") == 1
 

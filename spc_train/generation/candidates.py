@@ -8,9 +8,7 @@ depend on which process or shard handles it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data.conversation import parse_conversation
+from ..runs import pending_shards, shard_path, write_shard
 from .engine import sample_conversations
 from .prompts import generator_prompt, render
 
@@ -49,25 +48,6 @@ def parse_candidate(text: str, min_turns: int) -> dict:
     return {"turns": parsed.turns, "parsed": ok, "skipped_lines": len(parsed.skipped)}
 
 
-def _write_shard(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_shards(shards_dir: Path, num_shards: int) -> list[dict] | None:
-    """All candidates in pair order, or None while a shard is missing."""
-    rows: list[dict] = []
-    for index in range(num_shards):
-        path = shards_dir / f"shard-{index:05d}.jsonl"
-        if not path.exists():
-            return None
-        rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return rows
-
-
 def generate_shards(
     model,
     tokenizer,
@@ -85,10 +65,7 @@ def generate_shards(
     """Generate this process's missing shards into `shards_dir`; returns statistics of the work done."""
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = max(1, -(-len(pairs) // args.shard_size))
-    mine = [i for i in range(num_shards) if i % num_processes == process_index]
-    todo = [i for i in mine if not (shards_dir / f"shard-{i:05d}.jsonl").exists()]
-    if len(todo) < len(mine):
-        logger.info("Resuming generation: %d of %d shards already written.", len(mine) - len(todo), len(mine))
+    todo = pending_shards(shards_dir, num_shards, process_index, num_processes)
     context = getattr(model.config, "max_position_embeddings", None)
     budget = args.max_prompt_tokens or (context - args.max_new_tokens if context else None)
     generation_kwargs = {
@@ -142,7 +119,7 @@ def generate_shards(
                     )
                     stats["new_tokens"] += sample.num_tokens
                     stats["candidates_generated"] += 1
-            _write_shard(shards_dir / f"shard-{shard:05d}.jsonl", rows)
+            write_shard(shard_path(shards_dir, shard), rows)
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(candidates=stats["candidates_generated"], tok_s=f"{stats['new_tokens'] / elapsed:.0f}")
     if stats["examples_dropped"]:
