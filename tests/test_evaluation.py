@@ -10,7 +10,7 @@ from spc_train.evaluation.metrics import (
     score_summary,
     tokenize,
 )
-from spc_train.evaluation.report import write_report
+from spc_train.evaluation.report import OTHER, PAPER_REFERENCES, SECTIONS, group_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -159,11 +159,20 @@ def test_write_report(tmp_path):
     assert "**User 1:** Hi! I walk my dogs every day." in text
     assert "**User 2:** Cool, I play guitar." in text
     assert "faithfulness 0.120 · toxicity 0.030" in text
-    for name in ("metrics.png", "score_distributions.png", "pass_rates.png"):
+    # conversations and distinct_2 are dataset statistics, faithfulness_mean a critic score: one plot per section.
+    assert [name for _, name in _sections(text)] == ["Dataset statistics", "Critic and training"]
+    for name in ("metrics-statistics.png", "metrics-critic.png", "score_distributions.png", "pass_rates.png"):
         assert f"]({name})" in text
         data = (tmp_path / "report" / name).read_bytes()
         assert data.startswith(PNG_MAGIC)
         assert len(data) > 5_000
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
+        "metrics-critic.png",
+        "metrics-statistics.png",
+        "pass_rates.png",
+        "score_distributions.png",
+    ]
+    assert "| paper |" not in text
 
     def reject(constant):
         raise AssertionError(f"invalid JSON constant {constant}")
@@ -175,6 +184,7 @@ def test_write_report(tmp_path):
     assert payload["metrics"]["distinct_2"]["iter-01"] is None
     assert payload["metrics"]["faithfulness_mean"]["seed"] is None
     assert payload["pass_rates"]["iter-01"] == {"faithfulness": 0.75, "len|dup": 1.0, "toxicity": 0.95}
+    assert payload["sections"] == {"statistics": ["conversations", "distinct_2"], "critic": ["faithfulness_mean"]}
 
     # Same input, same markdown: no timestamps, stable orders.
     again = write_report(tmp_path / "again", **_report_inputs())
@@ -193,7 +203,7 @@ def test_write_report_skips_plots_without_data(tmp_path):
     assert not (tmp_path / "pass_rates.png").exists()
     assert "score_distributions.png" not in text
     assert "pass_rates.png" not in text
-    assert "](metrics.png)" in text
+    assert "](metrics-statistics.png)" in text
 
     # Nothing measured at all still writes a valid report.
     empty = write_report(
@@ -208,3 +218,187 @@ def test_write_report_skips_plots_without_data(tmp_path):
     assert ".png" not in empty.read_text(encoding="utf-8")
     assert not list((tmp_path / "empty").glob("*.png"))
     assert json.loads((tmp_path / "empty" / "metrics.json").read_text())["metrics"] == {"distinct_1": {"seed": None}}
+
+
+def _sections(text):
+    """(heading line index, heading) of the report's "## " headings, in order, for those with a metric table."""
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        if line.startswith("## ") and any(row.startswith("| metric |") for row in lines[index + 1 : index + 6]):
+            found.append((index, line[3:]))
+    return found
+
+
+def _section_tables(text):
+    """heading -> (table header cells, [row cells]) of each measurement section."""
+    lines = text.splitlines()
+    tables = {}
+    for index, heading in _sections(text):
+        start = next(i for i in range(index, len(lines)) if lines[i].startswith("| metric |"))
+        rows = []
+        for line in lines[start + 2 :]:
+            if not line.startswith("|"):
+                break
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        header = [cell.strip() for cell in lines[start].strip("|").split(" | ")]
+        tables[heading] = (header, rows)
+    return tables
+
+
+# One metric per evaluator family, deliberately shuffled: rows must follow the sections, not this order.
+SECTION_METRICS = {
+    "gpt_score_fluency": {"seed": 40.0, "iter-00": 61.5},
+    "sft_loss": {"iter-00": 1.25},
+    "detection_items": {"iter-00": 12},
+    "my_new_metric": {"seed": 0.3, "iter-00": 0.4},
+    "distinct_1": {"seed": 0.1, "iter-00": 0.2},
+    "ir_self_to_seed_persona": {"seed": 0.3, "iter-00": 0.25},
+    "toxicity_strong": {"seed": 0.01, "iter-00": 0.0},
+    "faithfulness_selected_win_rate": {"iter-00": 0.6},
+    "detection_lose": {"seed": None, "iter-00": 0.25},
+    "extraction_recall": {"seed": 0.5, "iter-00": 0.4},
+    "llm_eval_content": {"seed": 70.0, "iter-00": 75.5},
+    "conversations": {"seed": 12, "iter-00": 12},
+    "ir_seed_to_self_none": {"seed": 0.15, "iter-00": 0.2},
+    "detection_tie": {"seed": None, "iter-00": 0.5},
+    "toxicity_mean": {"seed": 0.05, "iter-00": 0.04},
+    "extraction_precision": {"seed": 0.7, "iter-00": 0.8},
+    "g_eval_coherent": {"seed": 2.5, "iter-00": 3.25},
+    "detection_win": {"seed": None, "iter-00": 0.25},
+    "llm_judge_conversations": {"seed": 12, "iter-00": 12},
+    "candidates": {"iter-00": 48},
+    "toxicity_mean_unused": {"seed": 1.0},  # no prefix/suffix match: not a "_mean" suffix
+}
+EXPECTED_SECTIONS = {
+    "Dataset statistics": ["conversations", "distinct_1"],
+    "Toxicity": ["toxicity_strong", "toxicity_mean"],
+    "Next-utterance prediction (IR baseline, hit@1)": ["ir_seed_to_self_none", "ir_self_to_seed_persona"],
+    "AI detection (the paper's Turing test, Table 3)": [
+        "detection_lose",
+        "detection_win",
+        "detection_tie",
+        "detection_items",
+    ],
+    "Faithfulness: profile extraction": ["extraction_precision", "extraction_recall"],
+    "LLM-judge scores (Table 15 style)": [
+        "llm_eval_content",
+        "gpt_score_fluency",
+        "g_eval_coherent",
+        "llm_judge_conversations",
+    ],
+    "Critic and training": ["candidates", "sft_loss", "faithfulness_selected_win_rate"],
+    "Other metrics": ["my_new_metric", "toxicity_mean_unused"],
+}
+
+
+def _section_inputs(**overrides):
+    inputs = {
+        "title": "Sections",
+        "columns": ["seed", "iter-00"],
+        "metrics": SECTION_METRICS,
+        "score_distributions": {},
+        "pass_rates": {},
+        "examples": {},
+    }
+    return inputs | overrides
+
+
+def test_write_report_groups_metrics_into_sections_in_order(tmp_path):
+    text = write_report(tmp_path, **_section_inputs()).read_text(encoding="utf-8")
+    tables = _section_tables(text)
+    assert list(tables) == list(EXPECTED_SECTIONS)  # SECTIONS order, "Other metrics" last
+    assert {heading: [row[0] for row in rows] for heading, (_, rows) in tables.items()} == EXPECTED_SECTIONS
+    # Every section comes before the critic score / pass-rate parts, with its own plot linked under its table.
+    assert text.index("## Other metrics") < text.index("## Pass rates")
+    slugs = [section.slug for section in SECTIONS] + ["other"]
+    for heading, slug in zip(tables, slugs):
+        body = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        assert f"](metrics-{slug}.png)" in body
+        data = (tmp_path / f"metrics-{slug}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000
+    assert not (tmp_path / "metrics.png").exists()
+
+    header, rows = tables["AI detection (the paper's Turing test, Table 3)"]
+    assert header == ["metric", "seed", "iter-00"]
+    assert rows[0] == ["detection_lose", "–", "0.250"]
+    assert rows[-1] == ["detection_items", "–", "12"]  # counts as integers
+    assert tables["Dataset statistics"][1][0] == ["conversations", "12", "12"]
+    assert tables["LLM-judge scores (Table 15 style)"][1][1] == ["gpt_score_fluency", "40.000", "61.500"]
+
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert payload["sections"] == {section.slug: EXPECTED_SECTIONS[section.title] for section in [*SECTIONS, OTHER]}
+    assert list(payload["metrics"]) == list(SECTION_METRICS)  # unchanged shape and order
+
+
+def test_group_metrics_first_match_wins_and_unknown_goes_to_other():
+    groups = {section.slug: names for section, names in group_metrics(["toxicity_mean", "fed_mean", "zzz", "ir_x"])}
+    # toxicity_mean is named by the toxicity section, which comes before the critic's "_mean" suffix.
+    assert groups == {
+        "toxicity": ["toxicity_mean"],
+        "next_utterance": ["ir_x"],
+        "critic": ["fed_mean"],
+        "other": ["zzz"],
+    }
+    assert group_metrics([]) == []
+    # Every paper reference names a metric of a real section.
+    assert all(section.slug != "other" for section, _ in group_metrics(list(PAPER_REFERENCES)))
+
+
+def test_write_report_omits_sections_without_measured_values(tmp_path):
+    write_report(tmp_path, **_section_inputs())
+    assert (tmp_path / "metrics-detection.png").exists()
+    (tmp_path / "metrics.png").write_bytes(PNG_MAGIC)  # the single plot of older reports
+
+    # Detection not measured this time (NaN, None, or a missing column): its section and PNG go.
+    metrics = {name: row for name, row in SECTION_METRICS.items() if not name.startswith("detection_")}
+    metrics |= {"detection_lose": {"seed": None, "iter-00": NAN}, "detection_win": {}}
+    text = write_report(tmp_path, **_section_inputs(metrics=metrics)).read_text(encoding="utf-8")
+    assert "## AI detection" not in text
+    assert "metrics-detection.png" not in text
+    assert not (tmp_path / "metrics-detection.png").exists()
+    assert not (tmp_path / "metrics.png").exists()
+    assert "## Toxicity" in text and (tmp_path / "metrics-toxicity.png").exists()
+    # metrics.json still lists every metric, measured or not.
+    assert json.loads((tmp_path / "metrics.json").read_text())["sections"]["detection"] == [
+        "detection_lose",
+        "detection_win",
+    ]
+
+
+def test_write_report_detection_plot_needs_outcomes(tmp_path):
+    # Only the item count measured (no outcome shares): the section shows, but there is no bar to draw.
+    metrics = {"detection_items": {"seed": None, "iter-00": 0}, "detection_lose": {"iter-00": NAN}}
+    text = write_report(tmp_path, **_section_inputs(metrics=metrics)).read_text(encoding="utf-8")
+    assert "## AI detection" in text
+    assert not (tmp_path / "metrics-detection.png").exists()
+
+    metrics["detection_lose"] = {"iter-00": 0.5}
+    text = write_report(tmp_path, **_section_inputs(metrics=metrics)).read_text(encoding="utf-8")
+    assert "](metrics-detection.png)" in text
+    assert (tmp_path / "metrics-detection.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_write_report_paper_column_only_where_given(tmp_path):
+    paper = {"detection_lose": "it.1 0.172 | T3", "distinct_9": "not a measured metric"}
+    text = write_report(tmp_path, **_section_inputs(paper=paper)).read_text(encoding="utf-8")
+    tables = _section_tables(text)
+    for heading, (header, rows) in tables.items():
+        if heading.startswith("AI detection"):
+            assert header == ["metric", "seed", "iter-00", "paper"]
+            assert rows[0][-1] == "it.1 0.172 \\| T3"  # escaped, still one cell
+            assert all(len(row) == 4 for row in rows) and rows[1][-1] == ""
+        else:
+            assert header == ["metric", "seed", "iter-00"], heading
+    assert "| --- | ---: | ---: | --- |" in text  # the paper text is left-aligned, numbers right-aligned
+
+    # The module's references fill in the sections the paper covers, and no other.
+    text = write_report(tmp_path, **_section_inputs(paper=PAPER_REFERENCES)).read_text(encoding="utf-8")
+    with_paper = [heading for heading, (header, _) in _section_tables(text).items() if header[-1] == "paper"]
+    assert with_paper == [
+        "Toxicity",
+        "Next-utterance prediction (IR baseline, hit@1)",
+        "AI detection (the paper's Turing test, Table 3)",
+        "Faithfulness: profile extraction",
+        "LLM-judge scores (Table 15 style)",
+    ]

@@ -1,11 +1,10 @@
 """A self-contained evaluation report: markdown, JSON and PNG plots in one folder.
 
 The report compares "columns" (the seed data and each loop iteration) side by side so a reader can see at a glance
-whether the Generator-Critic loop improves the dataset. Everything written is deterministic for the same input
-(no timestamps, fixed orders), so reports can be diffed between runs.
-
-Plots use `matplotlib.figure.Figure` directly instead of pyplot: no global figure registry (nothing to close, no
-leak across many iterations) and no backend switch imposed on the caller; PNGs are rendered with Agg.
+whether the Generator-Critic loop improves the dataset. Metrics are grouped into measurement sections (`SECTIONS`),
+each a table in the style of the paper's tables (rows = metrics, columns = seed, iter-00, ...), with a paragraph on
+how to read it, an optional column of the paper's reference numbers, and a plot (`plots.py`). Everything written is
+deterministic for the same input (no timestamps, fixed orders), so reports can be diffed between runs.
 """
 
 from __future__ import annotations
@@ -14,40 +13,202 @@ import json
 import math
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import matplotlib
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from .plots import SECTION_PLOTS, is_measured, plot_metrics, plot_pass_rates, plot_score_distributions
 
 MISSING = "–"
-DPI = 110
-# `vert=False` is deprecated since matplotlib 3.10 in favour of `orientation`, which older versions lack.
-_HORIZONTAL = {"orientation": "horizontal"} if matplotlib.__version_info__ >= (3, 10) else {"vert": False}
 
 HOW_TO_READ = (
     "Each column is one dataset: `seed` is the reference data the loop starts from, `iter-NN` is the dataset "
-    "selected after loop iteration NN (best candidate per user pair). The metrics table compares them; "
-    f"{MISSING} means not measured. `distinct_1`/`distinct_2` are corpus-level shares of unique uni-/bigrams "
-    "(higher = more diverse wording), `persona_word_overlap` is the share of persona attributes whose content words "
-    "the speaker actually uses (a lexical proxy for persona coverage). Critic score distributions and pass rates are "
-    "over all generated candidates of an iteration, before selection; a pass rate is the share of candidates that "
-    "an expert or filter accepted."
+    "selected after loop iteration NN (best candidate per user pair). Each measurement has its own section: a table "
+    f"(rows = metrics, {MISSING} = not measured; a `paper` column, where present, gives the paper's number for "
+    "comparison, PAPER.md §3), what the numbers mean, and a plot. Critic score distributions and pass rates are over "
+    "all generated candidates of an iteration, before selection; a pass rate is the share of candidates that an "
+    "expert or filter accepted."
 )
 
 
-def _is_measured(value: Any) -> bool:
-    """None and NaN (also numpy's) both mean "not measured"."""
-    return value is not None and not math.isnan(float(value))
+class Section(NamedTuple):
+    """One measurement: its heading, file slug (`metrics-<slug>.png`), the metrics it holds, and how to read them.
+
+    `prefixes_or_names` entries are matched against metric names: one ending in "_" is a prefix ("ir_"), one
+    starting with "_" a suffix ("_mean"), anything else an exact name. Rows follow the entries' order (among the
+    metrics one prefix or suffix matches, the order they were given in).
+    """
+
+    title: str
+    slug: str
+    prefixes_or_names: tuple[str, ...]
+    how_to_read: str
 
 
-def _as_float(value: Any) -> float:
-    return float(value) if _is_measured(value) else float("nan")
+SECTIONS: list[Section] = [
+    Section(
+        "Dataset statistics",
+        "statistics",
+        (
+            "conversations",
+            "turns_per_conversation",
+            "words_per_utterance",
+            "distinct_1",
+            "distinct_2",
+            "persona_word_overlap",
+            "embedding_diversity_conversation",
+            "embedding_diversity_utterance",
+            "persona_embedding_coverage",
+            "persona_embedding_coverage_shuffled",
+        ),
+        "Corpus statistics of each column's conversations. `distinct_1`/`distinct_2` are corpus-level shares of "
+        "unique uni-/bigrams (higher = more varied wording). `persona_word_overlap` is the share of persona "
+        "attributes whose content words the speaker actually uses (a lexical proxy for persona coverage). "
+        "`embedding_diversity_*` is the mean pairwise cosine distance between conversation (mean-utterance) or "
+        "utterance embeddings (higher = more diverse; duplicates lower it). `persona_embedding_coverage` is the share "
+        "of persona attributes that one of the speaker's own utterances matches in embedding space (cosine above a "
+        "threshold); `persona_embedding_coverage_shuffled` is the same with personas swapped between conversations, "
+        "the chance level of that threshold: only the gap between the two measures persona use. The paper reports "
+        "none of these for PC/SPC.",
+    ),
+    Section(
+        "Toxicity",
+        "toxicity",
+        ("toxicity_rate", "toxicity_weak", "toxicity_medium", "toxicity_strong", "toxicity_mean"),
+        "Toxicity of each conversation as P(toxic) from the critic's toxicity backend (the paper used the "
+        "Perspective API). `toxicity_weak`/`_medium`/`_strong` are the shares of conversations with P(toxic) below "
+        "0.2, between 0.2 and 0.8, and above 0.8, the buckets of the paper's Table 9 (which gives counts; the paper "
+        "column shows them as shares of the bucketed total). `toxicity_rate` is the share the backend flags as "
+        "toxic and `toxicity_mean` the mean P(toxic). Lower is better; the paper finds at most 3 strongly toxic SPC "
+        "conversations against more than 50 in PC.",
+    ),
+    Section(
+        "Next-utterance prediction (IR baseline, hit@1)",
+        "next_utterance",
+        ("ir_seed_to_self_none", "ir_seed_to_self_persona", "ir_self_to_seed_none", "ir_self_to_seed_persona", "ir_"),
+        "hit@1 of a tf-idf ranker (the paper's IR baseline, Table 2) picking the true next utterance among 20 "
+        "candidates (chance = 0.05). `ir_A_to_B_C` is trained on A and tested on B (`seed` = the seed conversations, "
+        "`self` = this column's conversations), with no persona in the context (`none`) or the responder's own "
+        "persona (`persona`). Persona helping (`persona` > `none`) means the conversations use the personas; a model "
+        "trained on generated data that does well on the seed data means the generated data is a useful substitute. "
+        "The paper's IR baseline trained on PC scores 0.187 / 0.369 (none / persona) on the PC test set, trained on "
+        "SPC 0.194 / 0.396.",
+    ),
+    Section(
+        "AI detection (the paper's Turing test, Table 3)",
+        "detection",
+        ("detection_lose", "detection_win", "detection_tie", "detection_p_generated", "detection_items"),
+        "A local judge sees both profiles, the seed conversation and the generated one of the same user pair, and "
+        "says which one an AI wrote, once in each order (to cancel its position bias). `lose` = the judge spots the "
+        "generated conversation in both orders; `win` = it calls the seed one synthetic in both orders; `tie` = the "
+        "two orders disagree (lose + win + tie = 1). Lower lose and higher win + tie = more human-like. "
+        "`detection_p_generated` is the judge's mean probability that the generated conversation is the AI one "
+        "(0.5 = cannot tell) and `detection_items` the number of user pairs judged. The seed column has no detection: "
+        "it is the reference. The paper's human annotators: lose / win / tie 0.172 / 0.301 / 0.527 at iteration 1, "
+        "0.088 / 0.352 / 0.560 at iteration 3.",
+    ),
+    Section(
+        "Faithfulness: profile extraction",
+        "extraction",
+        (
+            "extraction_precision",
+            "extraction_recall",
+            "extraction_p_yes_real",
+            "extraction_p_yes_distractor",
+            "extraction_items",
+            "extraction_",
+        ),
+        "For each conversation and speaker a local judge sees 8 persona attributes, up to 4 of the speaker's real "
+        "ones and 4 distractors (negated, random from other profiles, contradicting), and says for each whether the "
+        "conversation lets it infer the speaker holds it (P(Yes) > 0.5 = selected). `extraction_precision` is the "
+        "share of selected attributes that are real (the paper's faithfulness number), `extraction_recall` the share "
+        "of real attributes selected; `extraction_p_yes_real`/`_distractor` are the mean P(Yes) per option kind (the "
+        "wider the gap, the more the conversation reveals the persona) and `extraction_items` the number of "
+        "(conversation, speaker) items. The paper's human annotators: precision 0.785 and recall 0.364 at "
+        "iteration 1 (Tables 3, 18).",
+    ),
+    Section(
+        "LLM-judge scores (Table 15 style)",
+        "llm_judge",
+        ("llm_eval_", "gpt_score_", "g_eval_", "llm_judge_conversations"),
+        "Quality criteria of the paper's Table 15, each scored by a local judge as the expected value over its answer "
+        "probabilities and averaged over `llm_judge_conversations` conversations. LLM-Eval (`llm_eval_*`) is on "
+        "0–100, GPT-Score (`gpt_score_*`, 100 × P(Yes) to a yes/no question) on 0–100, G-Eval (`g_eval_*`) on 1–5 "
+        "(fluency 1–3). Higher is better. The paper's judges gave PC vs SPC e.g. LLM-Eval content 81.96 vs 88.84 "
+        "and G-Eval consistency 1.736 vs 2.651; the level of a score depends on the judge model, so compare the "
+        "columns with each other rather than with the paper.",
+    ),
+    Section(
+        "Critic and training",
+        "critic",
+        ("candidates", "parse_rate", "pass_rate", "selected", "sft_loss", "_mean", "_selected_win_rate"),
+        "The loop's own numbers per iteration: `candidates` generated, `parse_rate` (share that parsed into a "
+        "conversation), `pass_rate` (share passing every filter), `selected` conversations, and the LoRA SFT train "
+        "loss on them. `<expert>_mean` is a filter expert's mean score over all candidates; "
+        "`<expert>_selected_win_rate` a policy expert's mean pairwise win rate of the selected candidates (over all "
+        "candidates it is 0.5 by construction, so above 0.5 = selection picked what the expert prefers).",
+    ),
+]
+OTHER = Section(
+    "Other metrics", "other", (), "Metrics that belong to none of the sections above, as the evaluator named them."
+)
+
+# The paper's numbers in the units of the metrics here (shares as fractions), for `write_report(paper=...)`.
+# T = the paper's table (PAPER.md §3); "it.N" = SPC iteration N; "SPC" = the released SPC.
+PAPER_REFERENCES: dict[str, str] = {
+    "toxicity_weak": "PC 0.707 · SPC it.3 0.909 (T9)",
+    "toxicity_medium": "PC 0.289 · SPC it.3 0.091 (T9)",
+    "toxicity_strong": "PC 0.0035 · SPC it.3 0.0001 (T9)",
+    "ir_self_to_seed_none": "0.194 (SPC→PC; PC→PC 0.187, T2)",
+    "ir_self_to_seed_persona": "0.396 (SPC→PC; PC→PC 0.369, T2)",
+    "detection_lose": "it.1 0.172 · it.3 0.088 (T3)",
+    "detection_win": "it.1 0.301 · it.3 0.352 (T3)",
+    "detection_tie": "it.1 0.527 · it.3 0.560 (T3)",
+    "extraction_precision": "it.1 0.785 (human, T3)",
+    "extraction_recall": "it.1 0.364 (human, T18)",
+    "llm_eval_content": "PC 81.96 · SPC 88.84 (T15)",
+    "llm_eval_grammar": "PC 87.12 · SPC 93.64 (T15)",
+    "llm_eval_relevance": "PC 86.82 · SPC 94.16 (T15)",
+    "llm_eval_appropriateness": "PC 86.99 · SPC 95.84 (T15)",
+    "gpt_score_fluency": "PC 67.04 · SPC 98.89 (T15)",
+    "gpt_score_consistent": "PC 3.47 · SPC 64.25 (T15)",
+    "gpt_score_coherent": "PC 69.41 · SPC 100 (T15)",
+    "gpt_score_depth": "PC 5.40 · SPC 37.36 (T15)",
+    "gpt_score_diversity": "PC 72.98 · SPC 96.42 (T15)",
+    "gpt_score_likeable": "PC 36.53 · SPC 91.04 (T15)",
+    "g_eval_relevance": "PC 2.288 · SPC 2.992 (T15)",
+    "g_eval_fluency": "PC 1.928 · SPC 2.002 (T15)",
+    "g_eval_consistent": "PC 1.736 · SPC 2.651 (T15)",
+    "g_eval_coherent": "PC 2.505 · SPC 2.997 (T15)",
+    "g_eval_faithfulness": "PC 1.754 · SPC 2.959 (T15)",
+}
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    if pattern.endswith("_"):
+        return name.startswith(pattern)
+    if pattern.startswith("_"):
+        return name.endswith(pattern)
+    return name == pattern
+
+
+def group_metrics(names: list[str]) -> list[tuple[Section, list[str]]]:
+    """(section, its metric names in row order) for every section that holds one of `names`, in section order.
+
+    A metric goes to the first section with a matching entry; the rest to a final "Other metrics" section.
+    """
+    placed: dict[str, list[tuple[int, int, str]]] = {}
+    for index, name in enumerate(names):
+        for section in SECTIONS:
+            rank = next((r for r, p in enumerate(section.prefixes_or_names) if _pattern_matches(p, name)), None)
+            if rank is not None:
+                placed.setdefault(section.slug, []).append((rank, index, name))
+                break
+        else:
+            placed.setdefault(OTHER.slug, []).append((0, index, name))
+    return [(s, [name for *_, name in sorted(placed[s.slug])]) for s in [*SECTIONS, OTHER] if s.slug in placed]
 
 
 def _format_number(value: Any, as_int: bool = False) -> str:
-    if not _is_measured(value):
+    if not is_measured(value):
         return MISSING
     if as_int:
         return str(int(round(value)))
@@ -62,7 +223,7 @@ def _is_count_row(values: list[Any]) -> bool:
 
     The "exceeds 1" guard keeps rates that happen to be exactly 0.0 or 1.0 in decimal form.
     """
-    measured = [value for value in values if _is_measured(value)]
+    measured = [value for value in values if is_measured(value)]
     if not measured:
         return False
     if all(isinstance(value, int) and not isinstance(value, bool) for value in measured):
@@ -75,9 +236,11 @@ def _cell(text: Any) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """Numbers right-aligned; the first column (names) and the last `text_columns - 1` ones left-aligned."""
+    numbers = len(header) - text_columns
     lines = ["| " + " | ".join(_cell(name) for name in header) + " |"]
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|")
+    lines.append("|" + "|".join([" --- "] + [" ---: "] * numbers + [" --- "] * (text_columns - 1)) + "|")
     lines.extend("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows)
     return lines
 
@@ -104,119 +267,6 @@ def _render_example(index: int, record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
-    ncols = min(max_cols, n)
-    return math.ceil(n / ncols), ncols
-
-
-def _column_colors(columns: list[str]) -> dict[str, Any]:
-    """One fixed color per column (by position), shared by all plots so a column reads the same everywhere."""
-    if len(columns) <= 10:
-        palette = colormaps["tab10"].colors
-    else:  # tab20 pairs dark/light shades: use all dark ones first so neighbouring columns stay distinct.
-        palette = colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]
-    return {column: palette[i % len(palette)] for i, column in enumerate(columns)}
-
-
-def _set_xticks(ax: Any, labels: list[str]) -> None:
-    """Tick labels that stay legible: slanted when there are many or long ones."""
-    longest = max((len(label) for label in labels), default=0)
-    rotation = 45 if len(labels) > 6 else 30 if len(labels) > 4 or longest > 10 else 0
-    ax.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right" if rotation else "center")
-    ax.tick_params(axis="x", labelsize="small" if len(labels) > 6 else "medium")
-
-
-def _plot_metrics(path: Path, columns: list[str], metrics: dict[str, dict[str, Any]]) -> bool:
-    names = [name for name, row in metrics.items() if any(_is_measured(row.get(column)) for column in columns)]
-    if not names:
-        return False
-    nrows, ncols = _grid(len(names))
-    fig = Figure(figsize=(max(5.0, 4.2 * ncols), 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    positions = list(range(len(columns)))
-    for ax, name in zip(axes, names):
-        ax.plot(positions, [_as_float(metrics[name].get(column)) for column in columns], marker="o")
-        _set_xticks(ax, columns)
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    for ax in axes[len(names) :]:
-        ax.set_visible(False)
-    fig.suptitle("Dataset metrics (gaps = not measured)")
-    fig.savefig(path, dpi=DPI)
-    return True
-
-
-def _plot_score_distributions(
-    path: Path, columns: list[str], score_distributions: dict[str, dict[str, list[float]]]
-) -> bool:
-    def finite(column: str, expert: str) -> list[float]:
-        return [float(v) for v in score_distributions.get(column, {}).get(expert) or [] if _is_measured(v)]
-
-    experts = sorted({expert for column in columns for expert in score_distributions.get(column, {})})
-    experts = [expert for expert in experts if any(finite(column, expert) for column in columns)]
-    if not experts:
-        return False
-    colors = _column_colors(columns)
-    shown_columns = [column for column in columns if any(finite(column, expert) for expert in experts)]
-    nrows, ncols = _grid(len(experts))
-    height = max(2.8, 0.8 + (0.45 * len(shown_columns) + 0.6) * nrows)
-    fig = Figure(figsize=(max(6.5, 4.2 * ncols + 1.2), height), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    for ax, expert in zip(axes, experts):
-        present = [column for column in shown_columns if finite(column, expert)]
-        # Top-to-bottom in column order: the first column is drawn at the top.
-        positions = [len(shown_columns) - shown_columns.index(column) for column in present]
-        boxes = ax.boxplot(
-            [finite(column, expert) for column in present],
-            positions=positions,
-            widths=0.6,
-            patch_artist=True,
-            medianprops={"color": "black"},
-            **_HORIZONTAL,
-        )
-        ax.set_yticks(positions, present)
-        for box, column in zip(boxes["boxes"], present):
-            box.set_facecolor(colors[column])
-            box.set_alpha(0.75)
-        ax.set_ylim(0.4, len(shown_columns) + 0.6)
-        ax.set_title(expert)
-        ax.set_xlabel("score")
-        ax.grid(axis="x", alpha=0.3)
-    for ax in axes[len(experts) :]:
-        ax.set_visible(False)
-    handles = [Patch(facecolor=colors[column], alpha=0.75, label=column) for column in shown_columns]
-    fig.legend(handles=handles, loc="outside right upper", title="column")
-    fig.suptitle("Critic score distributions over all candidates")
-    fig.savefig(path, dpi=DPI)
-    return True
-
-
-def _plot_pass_rates(path: Path, columns: list[str], pass_rates: dict[str, dict[str, float]]) -> bool:
-    shown_columns = [c for c in columns if any(_is_measured(v) for v in pass_rates.get(c, {}).values())]
-    experts = sorted({expert for column in shown_columns for expert in pass_rates[column]})
-    if not shown_columns:
-        return False
-    colors = _column_colors(columns)
-    width = min(0.8 / len(shown_columns), 0.3)  # a lone bar would otherwise fill the whole slot
-    width_in = min(14.0, max(5.0, 0.3 * len(experts) * len(shown_columns) + 2.5))
-    fig = Figure(figsize=(width_in, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for i, column in enumerate(shown_columns):
-        offsets = [x + width * (i - (len(shown_columns) - 1) / 2) for x in range(len(experts))]
-        values = [_as_float(pass_rates[column].get(expert)) for expert in experts]
-        ax.bar(offsets, values, width=width, color=colors[column], label=column)
-    _set_xticks(ax, experts)
-    ax.set_xlim(-0.6, len(experts) - 0.4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("pass rate")
-    ax.set_xlabel("expert / filter")
-    ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="outside right upper", title="column")
-    ax.set_title("Share of candidates passing each expert")
-    fig.savefig(path, dpi=DPI)
-    return True
-
-
 def _json_safe(value: Any) -> Any:
     """NaN is not valid JSON: write it (and None) as null."""
     if isinstance(value, dict):
@@ -231,6 +281,22 @@ def _json_safe(value: Any) -> Any:
     return number if math.isfinite(number) else None
 
 
+def _section_lines(
+    section: Section, names: list[str], columns: list[str], metrics: dict[str, dict[str, Any]], paper: dict[str, str]
+) -> list[str]:
+    with_paper = any(paper.get(name) for name in names)
+    rows = []
+    for name in names:
+        values = [metrics[name].get(column) for column in columns]
+        as_int = _is_count_row(values)
+        rows.append([name] + [_format_number(value, as_int) for value in values])
+        if with_paper:
+            rows[-1].append(paper.get(name) or "")
+    header = ["metric", *columns] + (["paper"] if with_paper else [])
+    table = _table(header, rows, text_columns=2 if with_paper else 1)
+    return [f"## {section.title}", "", section.how_to_read, ""] + table + [""]
+
+
 def write_report(
     report_dir: str | Path,
     *,
@@ -241,44 +307,53 @@ def write_report(
     pass_rates: dict[str, dict[str, float]],
     examples: dict[str, list[dict]],
     notes: list[str] | None = None,
+    paper: dict[str, str] | None = None,
 ) -> Path:
     """Write `report.md`, `metrics.json` and the PNG plots into `report_dir`; return the path of `report.md`.
 
+    Metrics are grouped into `SECTIONS` (see `group_metrics`); a section none of whose metrics is measured in any
+    column is left out, with its plot. `paper` maps metric names to the paper's reference text (e.g.
+    `PAPER_REFERENCES`), shown in a `paper` column of the sections where one of their metrics has one.
     `columns` is the source of truth for what is shown and in which order: values keyed by other columns are
-    ignored. Metric rows keep the given order; expert/filter names are sorted. A plot without data is neither written
-    nor linked (a stale PNG of that name from an earlier run is removed).
+    ignored. Expert/filter names are sorted. Plots: `metrics-<slug>.png` per section, `score_distributions.png`,
+    `pass_rates.png`; a plot without data is neither written nor linked (a stale PNG of that name from an earlier
+    run is removed, as is the single `metrics.png` of older reports).
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     columns = list(columns)
+    paper = paper or {}
 
-    plots = {
-        "metrics.png": _plot_metrics(report_dir / "metrics.png", columns, metrics),
-        "score_distributions.png": _plot_score_distributions(
-            report_dir / "score_distributions.png", columns, score_distributions
-        ),
-        "pass_rates.png": _plot_pass_rates(report_dir / "pass_rates.png", columns, pass_rates),
-    }
-    for name, written in plots.items():
-        if not written:
+    groups = group_metrics(list(metrics))
+    shown = [
+        (section, names)
+        for section, names in groups
+        if any(is_measured(metrics[name].get(column)) for name in names for column in columns)
+    ]
+    plots = {}
+    for section, names in shown:
+        plot = SECTION_PLOTS.get(section.slug, plot_metrics)
+        name = f"metrics-{section.slug}.png"
+        plots[name] = plot(report_dir / name, columns, {n: metrics[n] for n in names}, section.title)
+    plots["score_distributions.png"] = plot_score_distributions(
+        report_dir / "score_distributions.png", columns, score_distributions
+    )
+    plots["pass_rates.png"] = plot_pass_rates(report_dir / "pass_rates.png", columns, pass_rates)
+    stale = ["metrics.png"] + [f"metrics-{section.slug}.png" for section in [*SECTIONS, OTHER]]
+    for name in stale + list(plots):
+        if not plots.get(name):
             (report_dir / name).unlink(missing_ok=True)
 
     lines = [f"# {title}", "", HOW_TO_READ, ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {_one_line(note)}" for note in notes] + [""]
 
-    lines += ["## Metrics", ""]
-    if metrics:
-        rows = []
-        for name, row in metrics.items():
-            values = [row.get(column) for column in columns]
-            as_int = _is_count_row(values)
-            rows.append([name] + [_format_number(value, as_int) for value in values])
-        lines += _table(["metric", *columns], rows) + [""]
-    else:
-        lines += ["No metrics were measured.", ""]
-    if plots["metrics.png"]:
-        lines += ["![Dataset metrics per column](metrics.png)", ""]
+    for section, names in shown:
+        lines += _section_lines(section, names, columns, metrics, paper)
+        if plots[f"metrics-{section.slug}.png"]:
+            lines += [f"![{section.title} per column](metrics-{section.slug}.png)", ""]
+    if not shown:
+        lines += ["## Metrics", "", "No metrics were measured.", ""]
 
     if plots["score_distributions.png"]:
         lines += ["## Critic scores", "", "![Critic score distributions](score_distributions.png)", ""]
@@ -311,6 +386,8 @@ def write_report(
         "pass_rates": {
             column: {e: pass_rates[column][e] for e in sorted(pass_rates[column])} for column in pass_columns
         },
+        # Every metric in exactly one section, measured or not (the markdown shows only measured sections).
+        "sections": {section.slug: names for section, names in groups},
     }
     (report_dir / "metrics.json").write_text(
         json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
