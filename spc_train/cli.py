@@ -35,6 +35,7 @@ STAGES = {
     "select": ("stage_select", True),
     "sft-data": ("stage_sft_data", True),
     "train": ("stage_train", True),
+    "evaluate-seed": ("stage_evaluate_seed", False),
     "evaluate": ("stage_evaluate", True),
     "report": ("stage_report", False),
 }

@@ -1,9 +1,9 @@
 """Recipe sections as thin dataclasses, parsed from a sectioned YAML file by TRL's `TrlParser`.
 
 A recipe is a YAML mapping of sections (`seed`, `model`, `judge`, `personas`, `generation`, `critic`, `training`,
-`loop`, `hub`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own `TrlParser`, so a
-typo is reported with the key *and* the section it sits in, and any field can be overridden on the command line as
-`--section.field value` (or `--field value` when the name is unique across sections).
+`evaluation`, `loop`, `hub`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own
+`TrlParser`, so a typo is reported with the key *and* the section it sits in, and any field can be overridden on the
+command line as `--section.field value` (or `--field value` when the name is unique across sections).
 """
 
 from __future__ import annotations
@@ -286,6 +286,43 @@ class HubConfig:
     include_candidates: bool = field(default=False, metadata={"help": "Also push every candidate with its scores."})
 
 
+MEASUREMENTS = ("statistics", "embedding", "toxicity", "next_utterance", "detection", "extraction", "llm_judge")
+
+
+@dataclass
+class EvaluationConfig:
+    """The paper's measurements (PAPER.md §3), per iteration and for the seed data: the `evaluate` stage."""
+
+    measurements: list[str] = field(
+        default_factory=lambda: list(MEASUREMENTS),
+        metadata={
+            "help": "Any of: statistics (distinct-n, turns, words), embedding (diversity, persona coverage), "
+            "toxicity (critic backend), next_utterance (tf-idf IR hit@1, seed vs generated), detection (judge "
+            "Turing test vs seed), extraction (profile-extraction faithfulness), llm_judge (LLM-Eval, GPT-Score, "
+            "G-Eval)."
+        },
+    )
+    judged_conversations: int = field(
+        default=200,
+        metadata={"help": "Conversations per dataset the judge measurements use (the paper's studies: 200 pairs)."},
+    )
+    llm_judge_families: list[str] = field(
+        default_factory=lambda: ["llm_eval", "gpt_score", "g_eval"],
+        metadata={"help": "LLM-judge families of the paper's Table 15: llm_eval, gpt_score, g_eval."},
+    )
+    extraction_threshold: float = field(
+        default=0.5, metadata={"help": "Profile extraction: an option counts as inferred when P(Yes) exceeds this."}
+    )
+    ir_candidates: int = field(
+        default=20, metadata={"help": "Next-utterance prediction: candidates per context (1 true + distractors)."}
+    )
+
+    def __post_init__(self):
+        unknown = [name for name in self.measurements if name not in MEASUREMENTS]
+        if unknown:
+            raise ValueError(f"unknown measurement(s) {unknown}; choose from {', '.join(MEASUREMENTS)}")
+
+
 def _sft_config():
     from trl import SFTConfig
 
@@ -300,6 +337,7 @@ SECTIONS: dict[str, Any] = {
     "generation": GenerationArguments,
     "critic": CriticConfig,
     "training": None,  # trl.SFTConfig, imported lazily (heavy)
+    "evaluation": EvaluationConfig,
     "loop": LoopConfig,
     "hub": HubConfig,
 }
@@ -323,6 +361,7 @@ class Recipe:
     training: dict[str, Any]  # resolved trl.SFTConfig fields; `sft_config()` builds the object where training runs
     loop: LoopConfig
     hub: HubConfig = field(default_factory=HubConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .configs import ModelSpec, Recipe, save_recipe
+from .configs import ModelSpec, Recipe, RecipeError, save_recipe
 from .runs import RunDir, fingerprint, load_rows, package_versions, read_shards, read_stage, save_rows
 
 logger = logging.getLogger(__name__)
@@ -82,10 +82,22 @@ class Loop:
         # Expert names, the judge's single-token answer options and the classifiers' labels, before anything is
         # written: only the judge tokenizer and the classifiers' config.json are loaded.
         from .critic.registry import check_experts, judge_options
+        from .evaluation.evaluate import answer_options
+        from .judge import JudgeError, option_token_ids
         from .models import load_tokenizer
 
-        judge_tokenizer = load_tokenizer(recipe.judge_spec()) if judge_options(recipe.critic) else None
+        evaluation_options = answer_options(recipe.evaluation)
+        needs_judge = judge_options(recipe.critic) or evaluation_options
+        judge_tokenizer = load_tokenizer(recipe.judge_spec()) if needs_judge else None
         check_experts(recipe.critic, judge_tokenizer)
+        for option in evaluation_options:
+            try:
+                option_token_ids(judge_tokenizer, option)
+            except JudgeError as error:
+                asked = recipe.evaluation.measurements
+                raise RecipeError(f"{error} It is asked by evaluation.measurements: {asked}.") from None
+        if recipe.critic.toxicity_model and "toxicity" in recipe.evaluation.measurements:
+            check_available(recipe.critic.toxicity_model, "toxicity classifier")
         if recipe.hub.repo_id:
             from .hub import HubOfflineError, hub_offline
 
@@ -450,31 +462,13 @@ class Loop:
 
         return self._stage("candidates", iteration, config, inputs, models, write, parallel=generate)
 
-    def stage_critique(self, iteration: int) -> str:
-        """Critiques. Every process scores its shards of user pairs (data parallel); the main process merges them."""
-        import shutil
-        from functools import partial
-
-        from accelerate import PartialState
-
-        from .critic.critiques import critique_shards
-        from .critic.registry import build_experts
+    def _judge_loaders(self):
+        """`judge()` and `classifier(path)` that load on first use (and once), and the dict holding what was loaded."""
         from .judge import Judge
-        from .models import identity, load_causal_lm, load_classifier, load_tokenizer
+        from .models import load_causal_lm, load_classifier, load_tokenizer
 
-        candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")
-        critic = self.recipe.critic
-        # Thresholds only matter to `select`: changing them must not re-score.
-        config = {k: v for k, v in self.recipe.section("critic").items() if not k.endswith("_threshold")}
-        models = {"judge": self.identities()["judge"], "toxicity": self.identities()["toxicity"]}
-        if critic.nli_model and "faithfulness_nli" in critic.experts:
-            models["nli"] = identity(critic.nli_model)
-        judge_spec = self.recipe.judge_spec()
-        folder = self.run.stage_dir("critiques", iteration)
-        shards_dir = folder.with_name(".critiques.shards")
-        state = PartialState()
+        critic, judge_spec = self.recipe.critic, self.recipe.judge_spec()
         loaded: dict[str, Any] = {}
-        stats: dict[str, Any] = {}
 
         def judge() -> Judge:
             if "judge" not in loaded:
@@ -484,9 +478,37 @@ class Loop:
             return loaded["judge"]
 
         def classifier(path: str):
-            role = "NLI classifier" if path == critic.nli_model else "toxicity classifier"
-            spec = ModelSpec(name_or_path=path, dtype=judge_spec.dtype)
-            return load_classifier(spec, role), load_tokenizer(spec, padding_side="right")
+            if path not in loaded:
+                role = "NLI classifier" if path == critic.nli_model else "toxicity classifier"
+                spec = ModelSpec(name_or_path=path, dtype=judge_spec.dtype)
+                loaded[path] = load_classifier(spec, role), load_tokenizer(spec, padding_side="right")
+            return loaded[path]
+
+        return judge, classifier, loaded
+
+    def stage_critique(self, iteration: int) -> str:
+        """Critiques. Every process scores its shards of user pairs (data parallel); the main process merges them."""
+        import shutil
+        from functools import partial
+
+        from accelerate import PartialState
+
+        from .critic.critiques import critique_shards
+        from .critic.registry import build_experts
+        from .models import identity
+
+        candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")
+        critic = self.recipe.critic
+        # Thresholds only matter to `select`: changing them must not re-score.
+        config = {k: v for k, v in self.recipe.section("critic").items() if not k.endswith("_threshold")}
+        models = {"judge": self.identities()["judge"], "toxicity": self.identities()["toxicity"]}
+        if critic.nli_model and "faithfulness_nli" in critic.experts:
+            models["nli"] = identity(critic.nli_model)
+        folder = self.run.stage_dir("critiques", iteration)
+        shards_dir = folder.with_name(".critiques.shards")
+        state = PartialState()
+        judge, classifier, loaded = self._judge_loaders()
+        stats: dict[str, Any] = {}
 
         def score(fp: str) -> None:
             if state.is_main_process:  # shards of an older fingerprint are not ours to resume from
@@ -613,21 +635,105 @@ class Loop:
 
         return self._stage("adapter", iteration, config, [data_fp, init_fp], models, write, parallel=train)
 
+    def _evaluation_inputs(self) -> tuple[dict, dict]:
+        """The evaluate stages' config and models (their fingerprint), and lazy loaders of those models."""
+        from functools import cache
+
+        from .critic.registry import EXPERTS
+        from .evaluation.evaluate import Evaluators, nli_contradicting
+        from .models import identity
+        from .personas.profiles import llm_negate
+
+        recipe, critic = self.recipe, self.recipe.critic
+        asked = set(recipe.evaluation.measurements)
+        judged = asked & {"detection", "extraction", "llm_judge"}
+        nli_path = recipe.personas.nli_model or critic.nli_model
+        config = {
+            "evaluation": recipe.section("evaluation"),
+            "toxicity": {k: v for k, v in recipe.section("critic").items() if k.startswith("toxicity")},
+            "seed": recipe.loop.seed,
+        }
+        models = {"judge": self.identities()["judge"] if judged else None}
+        if "embedding" in asked:
+            models["embedder"] = identity(recipe.personas.embedder)
+        if "toxicity" in asked:
+            models["toxicity"] = self.identities()["toxicity"] or self.identities()["judge"]
+        if "extraction" in asked:
+            models |= {"generator (negation)": self.identities()["generator"], "nli": identity(nli_path)}
+        judge, classifier, _ = self._judge_loaders()
+
+        def toxicity(records: list[dict]) -> list[float]:
+            expert = EXPERTS["toxicity"]("toxicity", critic, judge, classifier)
+            return expert.score([{**record, "parsed": True} for record in records])
+
+        def contradicting():
+            from .nli import load_nli
+
+            nli = load_nli(ModelSpec(name_or_path=nli_path)) if nli_path else None
+            return nli_contradicting(nli) if hasattr(nli, "contradiction") else None
+
+        evaluators = Evaluators(
+            judge=judge,
+            embed=cache(self._embed),
+            toxicity=toxicity,
+            negate=lambda: llm_negate(self._complete()),
+            contradicting=contradicting,
+        )
+        return {"config": config, "models": models}, evaluators
+
+    def stage_evaluate_seed(self) -> str:
+        """The seed conversations of the run's pairs, measured like an iteration: the report's first column."""
+        from .evaluation.evaluate import evaluate_dataset
+
+        seed_dir, seed_fp = self._input("seed")
+        pairs_dir, pairs_fp = self._input("pairs", command="pair-users")
+        spec, evaluators = self._evaluation_inputs()
+        recipe = self.recipe
+
+        def write(out: Path) -> dict:
+            pair_ids = {pair["pair_id"] for pair in load_rows(pairs_dir)}
+            seed = [record for record in load_rows(seed_dir) if record["pair_id"] in pair_ids]
+            metrics = evaluate_dataset(
+                seed,
+                config=recipe.evaluation,
+                evaluators=evaluators,
+                toxicity_threshold=recipe.critic.toxicity_threshold,
+                seed=recipe.loop.seed,
+            )
+            save_rows([metrics], out)
+            return {"metrics": metrics}
+
+        return self._stage("eval", None, spec["config"], [seed_fp, pairs_fp], spec["models"], write)
+
     def stage_evaluate(self, iteration: int) -> str:
-        from .evaluation.metrics import dataset_statistics
+        """The iteration's selection measured against the seed, plus the critic's and the training's numbers."""
+        from .evaluation.evaluate import evaluate_dataset
 
         critiques_dir, critiques_fp = self._input("critiques", iteration, "critique")
         selected_dir, selected_fp = self._input("selected", iteration, "select")
-        inputs = [critiques_fp, selected_fp]
+        seed_dir, seed_fp = self._input("seed")
+        inputs = [critiques_fp, selected_fp, seed_fp]
         adapter = read_stage(self.run.stage_dir("adapter", iteration))
         if adapter:
             inputs.append(adapter["fingerprint"])
         selection = read_stage(selected_dir)
+        spec, evaluators = self._evaluation_inputs()
+        recipe = self.recipe
 
         def write(out: Path) -> dict:
             critiques = load_rows(critiques_dir)
             selected = load_rows(selected_dir)
-            metrics = dataset_statistics(selected)
+            seed = load_rows(seed_dir)
+            stored = [row["scores"].get("toxicity") for row in selected]
+            metrics = evaluate_dataset(
+                selected,
+                config=recipe.evaluation,
+                evaluators=evaluators,
+                reference=seed,
+                toxicity_scores=stored if "toxicity" in recipe.critic.experts else None,
+                toxicity_threshold=recipe.critic.toxicity_threshold,
+                seed=recipe.loop.seed,
+            )
             metrics.update(
                 candidates=len(critiques),
                 parse_rate=selection["parse_rate"],
@@ -636,7 +742,7 @@ class Loop:
             )
             # Filters: mean over all candidates. Policies: a mean pairwise win rate over all candidates is 0.5 by
             # construction, so report the selected candidates' win rate instead.
-            for name in self.recipe.critic.experts:
+            for name in recipe.critic.experts:
                 if name in self.thresholds():
                     metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
                 else:
@@ -644,13 +750,15 @@ class Loop:
             save_rows([metrics], out)
             return {"metrics": metrics}
 
-        return self._stage("eval", iteration, {"experts": self.recipe.critic.experts}, inputs, {}, write)
+        config = {**spec["config"], "experts": recipe.critic.experts}
+        return self._stage("eval", iteration, config, inputs, spec["models"], write)
 
     def stage_report(self) -> str:
         from .evaluation.summary import write_run_report
 
         iterations = [k for k in self.run.iterations() if read_stage(self.run.stage_dir("eval", k))]
         inputs = [self._input("seed")[1], self._input("pairs", command="pair-users")[1]]
+        inputs += [self._input("eval", None, "evaluate-seed")[1]]
         inputs += [self._input("eval", k, "evaluate")[1] for k in iterations]
         config = {"iterations": iterations, "thresholds": self.thresholds()}
         return self._stage(
@@ -665,6 +773,7 @@ class Loop:
             self.stage_personas()
             self.stage_profiles()
         self.stage_pairs()
+        self.stage_evaluate_seed()
         for k in range(self.recipe.loop.iterations):
             self.stage_generate(k)
             self.stage_critique(k)

@@ -18,6 +18,7 @@ from test_critic import CORPUS, RuleLM, conversation, marker_classifier, rule_ju
 
 from spc_train.configs import (
     CriticConfig,
+    EvaluationConfig,
     GenerationArguments,
     GeneratorConfig,
     JudgeConfig,
@@ -334,7 +335,7 @@ def test_check_experts_refuses_unknown_experts_and_classifiers_without_their_lab
         check_experts(CriticConfig(experts=["faithfulness_nli"], nli_model=str(tmp_path / "missing")), tok)
 
 
-def recipe_for(model_dir: str, **critic) -> Recipe:
+def recipe_for(model_dir: str, measurements: tuple[str, ...] = ("statistics",), **critic) -> Recipe:
     return Recipe(
         seed=SeedConfig(),
         model=GeneratorConfig(name_or_path=model_dir),
@@ -344,6 +345,7 @@ def recipe_for(model_dir: str, **critic) -> Recipe:
         critic=CriticConfig(**critic),
         training={},
         loop=LoopConfig(),
+        evaluation=EvaluationConfig(measurements=list(measurements)),
     )
 
 
@@ -361,6 +363,10 @@ def test_prepare_fails_before_any_work_when_the_judge_cannot_write_yes(no_yes_to
 
     with pytest.raises(ExpertCheckError, match=r"'toxicity'.*'Yes'"):  # no classifier: toxicity asks the judge
         Loop(recipe_for(str(judge_dir), experts=["depth", "toxicity"]), run).prepare()
+    assert not run.exists()
+    # The evaluation's judge measurements are checked too: extraction asks Yes/No.
+    with pytest.raises(RecipeError, match=r"'Yes'.*evaluation.measurements"):
+        Loop(recipe_for(str(judge_dir), ("detection", "extraction"), experts=["depth"]), run).prepare()
     assert not run.exists()
     Loop(recipe_for(str(judge_dir), experts=["depth", "likable"]), run).prepare()  # "1" and "2" are single tokens
     assert (run / "recipe.yaml").is_file()

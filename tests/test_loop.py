@@ -90,7 +90,19 @@ def test_loop_writes_every_stage_of_both_iterations(demo_run):
     assert manifest["models"]["generator"]["model"]["sha256"]
     assert manifest["packages"]["trl"]
     assert (run / "report" / "report.md").read_text().count("iter-01") >= 2
-    assert (run / "report" / "metrics.png").stat().st_size > 1000
+    assert (run / "report" / "metrics-statistics.png").stat().st_size > 1000
+    # The paper's measurements, for the seed (first column) and each iteration, each with its section and plot.
+    report = (run / "report" / "report.md").read_text()
+    sections = [("Dataset statistics", "statistics"), ("Toxicity", "toxicity"), ("AI detection", "detection")]
+    for section, plot in sections:
+        assert f"## {section}" in report and (run / "report" / f"metrics-{plot}.png").exists()
+    for section in ("Next-utterance prediction", "Faithfulness: profile extraction", "LLM-judge scores"):
+        assert f"## {section}" in report
+    seed_metrics, last = (read_stage(run / where)["metrics"] for where in ("eval", "iter-01/eval"))
+    assert "detection_lose" not in seed_metrics and seed_metrics["extraction_items"] > 0
+    assert last["detection_lose"] + last["detection_win"] + last["detection_tie"] == pytest.approx(1.0)
+    assert last["detection_items"] == len(load(run / "iter-01" / "selected"))
+    assert 0.0 <= last["persona_embedding_coverage"] <= 1.0 and last["toxicity_weak"] >= 0.0
     # The saved recipe is complete: it parses back to the same values.
     assert parse_recipe(run / "recipe.yaml").to_dict() == parse_recipe(demo_run[0]).to_dict()
 
@@ -103,7 +115,7 @@ def test_rerun_does_no_work(demo_run, caplog):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")} == before
     messages = [r.getMessage() for r in caplog.records if r.name == "spc_train.loop"]
     assert messages and all(m.startswith("skip") for m in messages)
-    assert len(messages) == 2 + 2 * len(STAGES) + 1  # seed, pairs, 2 iterations, report
+    assert len(messages) == 3 + 2 * len(STAGES) + 1  # seed, pairs, seed evaluation, 2 iterations, report
 
 
 def test_adapter_of_iteration_0_changes_the_generator(demo_run):

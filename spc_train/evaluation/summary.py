@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..runs import RunDir, load_rows, read_stage
 from .metrics import dataset_statistics
-from .report import write_report
+from .report import PAPER_REFERENCES, write_report
 
 SUMMARY_COLUMNS = [
     ("candidates", "candidates", "{:.0f}"),
@@ -21,6 +21,8 @@ SUMMARY_COLUMNS = [
     ("faithfulness_mean", "P(contradiction)", "{:.3f}"),
     ("toxicity_mean", "P(toxic)", "{:.3f}"),
     ("sft_loss", "SFT loss", "{:.3f}"),
+    ("detection_lose", "AI-detected", "{:.0%}"),
+    ("extraction_precision", "extraction P", "{:.2f}"),
 ]
 
 
@@ -46,7 +48,9 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
     pair_ids = {pair["pair_id"] for pair in load_rows(run.stage_dir("pairs"))}
     seed = [record for record in load_rows(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
     columns = ["seed"] + [f"iter-{k:02d}" for k in rows]
-    per_column = {"seed": dataset_statistics(seed)} | {f"iter-{k:02d}": row for k, row in rows.items()}
+    seed_evaluation = read_stage(run.stage_dir("eval"))  # `evaluate-seed`; older runs: statistics only
+    seed_metrics = seed_evaluation["metrics"] if seed_evaluation else dataset_statistics(seed)
+    per_column = {"seed": seed_metrics} | {f"iter-{k:02d}": row for k, row in rows.items()}
     # Per-filter pass rates have their own table and plot in the report.
     names = [
         n for n in dict.fromkeys(n for values in per_column.values() for n in values) if not n.startswith("pass:")
@@ -84,6 +88,7 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         pass_rates=pass_rates,
         examples=examples,
         notes=notes,
+        paper=PAPER_REFERENCES,
     )
     return {"report": str(run.root / "report" / path.name), "iterations": list(rows)}
 
