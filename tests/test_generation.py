@@ -19,8 +19,9 @@ from spc_train.generation.candidates import (
     parse_candidate,
     pick_examples,
 )
-from spc_train.generation.engine import Sample, batch_seed, plan_batches, sample_conversations, stop_token_ids
+from spc_train.generation.engine import Sample, plan_batches, sample_conversations, stop_token_ids
 from spc_train.generation.prompts import INSTRUCTION, REQUEST, generator_prompt, render
+from spc_train.generation.sampling import GumbelMaxSampler, hash32, row_key
 from spc_train.runs import read_shards
 
 # PAPER.md §1.4 (Table 6 of the paper), word for word.
@@ -233,17 +234,49 @@ def test_sample_conversations_shape_length_and_determinism(model, tok):
 
     assert as_tuples(sample(model, tok, prompts, keys, n=3, **no_stop)) == as_tuples(results)
     assert as_tuples(sample(model, tok, prompts, keys, n=3, seed=1, **no_stop)) != as_tuples(results)
-    # One batch is seeded from its first (longest) prompt's key: the input order does not matter.
+    # Each candidate's noise is keyed by (seed, prompt key, candidate): the input order does not matter.
     shuffled = sample(model, tok, prompts[::-1], keys[::-1], n=3, **no_stop)
     assert as_tuples(shuffled[::-1]) == as_tuples(results)
 
 
-def test_a_batch_is_seeded_from_its_own_first_prompt(model, tok):
+def test_a_candidate_does_not_depend_on_its_batch(model, tok):
     prompts, keys = prompts_and_keys(tok)
-    # A budget so small that every prompt is a batch of its own: its samples do not depend on the other batches.
-    together = sample(model, tok, prompts, keys, batch_tokens=1)
-    for i in range(3):
-        assert as_tuples(sample(model, tok, [prompts[i]], [keys[i]], batch_tokens=1)) == as_tuples([together[i]])
+    together = sample(model, tok, prompts, keys, batch_tokens=1_000_000)  # one left-padded batch of three prompts
+    for i in range(3):  # each prompt alone: another batch, another padding width
+        assert as_tuples(sample(model, tok, [prompts[i]], [keys[i]])) == as_tuples([together[i]])
+
+
+def test_gumbel_max_draws_from_the_filtered_softmax():
+    """Many rows (keys) over the same logits: frequencies follow softmax(logits / T) over the top-k, nothing else."""
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 5.0])  # token 4 is outside the top-k once -inf'd below
+    logits[4] = float("-inf")
+    rows = 20_000
+    keys = [row_key(0, "pair", row) for row in range(rows)]
+    sampler = GumbelMaxSampler(keys, prompt_width=7, top_k=3)
+    out = sampler(torch.zeros(rows, 9, dtype=torch.long), logits.repeat(rows, 1))
+    assert torch.isfinite(out).sum(-1).eq(1).all()  # exactly one token kept per row
+    picked = out.argmax(-1)
+    frequencies = torch.bincount(picked, minlength=5).double() / rows
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), -1).double()
+    assert torch.allclose(frequencies[:3], expected, atol=0.015), frequencies
+    assert frequencies[3:].sum() == 0  # outside the top 3
+    # The noise is a function of (row key, step, token): a row draws the same alone as among others.
+    alone = GumbelMaxSampler(keys[5:6], prompt_width=7, top_k=3)(torch.zeros(1, 9, dtype=torch.long), logits[None])
+    assert alone.argmax(-1).item() == picked[5].item()
+    later = sampler(torch.zeros(rows, 10, dtype=torch.long), logits.repeat(rows, 1)).argmax(-1)
+    assert (later != picked).any()  # another step, other noise
+
+
+def test_hash32_matches_the_reference_integer_mixer():
+    def reference(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 0xFFFFFFFF, 0x80000000, 987654321]
+    assert hash32(torch.tensor(values)).tolist() == [reference(v) for v in values]
 
 
 class StopAfter:
@@ -290,8 +323,8 @@ class FakeTokenizer:
 def test_out_of_memory_halves_the_batch_and_loses_nothing(monkeypatch):
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, n, generation_kwargs, stop_ids):
-        calls.append((list(prompts), torch.initial_seed()))
+    def fake_generate(model, tokenizer, prompts, n, generation_kwargs, stop_ids, row_keys):
+        calls.append((list(prompts), row_keys))
         if len(prompts) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return [[Sample(f"{p}#{j}", j, "length") for j in range(n)] for p in prompts]
@@ -324,8 +357,9 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(monkeypatch):
         ["ccc"],
         ["bb", "a"],
     ]
-    # Every retried half is seeded from its own first prompt.
-    assert [seed for _, seed in calls] == [batch_seed(5, f"key-{batch[0]}") for batch, _ in calls]
+    # Every retried half keeps its candidates' own keys.
+    for batch, row_keys in calls:
+        assert row_keys == [row_key(5, f"key-{p}", j) for p in batch for j in range(2)]
     assert progress.done == [2, 1, 2]
     assert tokenizer.padding_side == "left"
 

@@ -1,19 +1,21 @@
 """Batched sampling with plain `transformers.generate`: no vLLM.
 
 Prompts are sorted by length and packed into batches under a token budget (prompt + new tokens, all sequences), left
-padded, and each prompt is encoded once and sampled `n` times with `num_return_sequences`. Every batch is seeded from
-its first prompt's key, so a batch's samples do not depend on what ran before it (resume equals an uninterrupted run).
-Out of memory halves the batch and retries; no prompt is lost.
+padded, and each prompt is encoded once and sampled `n` times with `num_return_sequences`. Each candidate draws its
+tokens with its own noise, keyed by (seed, prompt key, candidate index) (`sampling.py`), so a candidate does not depend
+on the batch plan: resume, another process count or an out-of-memory split give the same candidates (up to float
+rounding). Out of memory halves the batch and retries; no prompt is lost.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from .sampling import row_key, seeded_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +42,6 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def batch_seed(seed: int, key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
-
-
 def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, each within `batch_tokens` once padded and sampled n times."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -61,14 +59,18 @@ def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: 
 
 
 @torch.inference_mode()
-def _generate(model, tokenizer, prompts: list[str], n: int, generation_kwargs: dict, stop_ids: list[int]):
+def _generate(
+    model, tokenizer, prompts: list[str], n: int, generation_kwargs: dict, stop_ids: list[int], row_keys: list[int]
+):
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    kwargs, processors = seeded_sampling(generation_kwargs, row_keys, encoded["input_ids"].shape[1])
     output = model.generate(
         **encoded,
         num_return_sequences=n,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
-        **generation_kwargs,
+        logits_processor=processors,
+        **kwargs,
     )
     new_tokens = output[:, encoded["input_ids"].shape[1] :]
     samples = []
@@ -94,7 +96,8 @@ def sample_conversations(
     seed: int,
     progress: tqdm | None = None,
 ) -> list[list[Sample]]:
-    """n samples per rendered prompt, in the prompts' order. `keys` name the prompts (pair ids) for seeding."""
+    """n samples per rendered prompt, in the prompts' order. `keys` name the prompts (pair ids): with `seed`, they
+    key each candidate's sampling noise."""
     tokenizer.padding_side = "left"
     stop_ids = stop_token_ids(model, tokenizer)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -103,9 +106,11 @@ def sample_conversations(
     pending = plan_batches(lengths, max_new, n, batch_tokens)
     while pending:
         batch = pending.pop(0)
-        torch.manual_seed(batch_seed(seed, keys[batch[0]]))
+        rows = [
+            row_key(seed, keys[i], candidate) for i in batch for candidate in range(n)
+        ]  # num_return_sequences order
         try:
-            outputs = _generate(model, tokenizer, [prompts[i] for i in batch], n, generation_kwargs, stop_ids)
+            outputs = _generate(model, tokenizer, [prompts[i] for i in batch], n, generation_kwargs, stop_ids, rows)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
