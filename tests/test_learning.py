@@ -49,6 +49,9 @@ def run_loop(tiny_models, run_dir, monkeypatch, reverse: bool) -> list[float]:
     monkeypatch.setitem(registry.EXPERTS, "faithfulness", lambda name, *_: UtteranceLengthCritic(name, reverse))
     overrides = {
         "model.name_or_path": tiny_models / "generator",
+        "critic.toxicity_model": tiny_models / "toxicity",
+        "personas.nli_model": tiny_models / "nli",
+        "evaluation.measurements": "statistics",  # the critic's mean is what this test reads
         "personas.source": "seed",
         "generation.num_candidates": 8,
         "generation.few_shot_examples": 0,
