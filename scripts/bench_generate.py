@@ -2,10 +2,12 @@
 
 Naive: one pair at a time, one `generate` call per candidate (what a first script would do).
 Engine: prompts sorted by length, token-budget batches, left padding, `num_return_sequences` (prompt encoded once).
+`--backend continuous` times transformers' continuous batching (`generate_batch`, paged cache) as the engine instead.
 
 Usage:
     python scripts/bench_generate.py                                  # tiny model, CPU (builds it if missing)
     python scripts/bench_generate.py --arch qwen2.5-1.5b --pairs 256 --candidates 4 --max_new_tokens 512  # GPU, bf16
+    python scripts/bench_generate.py --arch qwen2.5-1.5b ... --backend continuous --batch_tokens 1048576
 
 `--arch` builds that architecture from its config with random weights (no download): throughput does not depend on
 the weights, but random weights never stop early, so every sequence runs to max_new_tokens in both arms.
@@ -47,6 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--naive_pairs", type=int, help="Pairs for the naive arm (default: all); rates are per second."
     )
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU.")
+    parser.add_argument("--backend", choices=("generate", "continuous"), default="generate", help="The engine arm.")
     return parser
 
 
@@ -84,6 +87,7 @@ def main() -> None:
 
     from spc_train.data import read_seed
     from spc_train.generation.candidates import fit_prompt, pick_examples
+    from spc_train.generation.continuous import sample_conversations_continuous
     from spc_train.generation.engine import sample_conversations, stop_token_ids
     from spc_train.tiny import default_seed_path
 
@@ -96,8 +100,9 @@ def main() -> None:
         fit_prompt(tokenizer, p, pick_examples(records, p, args.few_shot_examples, 0, 0), budget)[0] for p in pairs
     ]
     sampling = {"do_sample": True, "top_k": 40, "temperature": 0.7, "max_new_tokens": args.max_new_tokens}
-    if args.arch:
+    if args.arch and args.backend == "generate":  # continuous batching has no min-length processor
         sampling["min_new_tokens"] = args.max_new_tokens  # random weights: same length in both arms
+    engine = sample_conversations_continuous if args.backend == "continuous" else sample_conversations
     keys = [p["pair_id"] for p in pairs]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     print(
@@ -107,7 +112,7 @@ def main() -> None:
     )
 
     # Warm-up (kernels, allocator), not timed.
-    sample_conversations(
+    engine(
         model,
         tokenizer,
         prompts[:2],
@@ -122,7 +127,7 @@ def main() -> None:
 
     sync()
     start = time.perf_counter()
-    results = sample_conversations(
+    results = engine(
         model,
         tokenizer,
         prompts,
@@ -156,12 +161,12 @@ def main() -> None:
 
     rows = [
         ("naive", naive_candidates, naive_tokens, naive_s),
-        ("engine", engine_candidates, engine_tokens, engine_s),
+        (args.backend, engine_candidates, engine_tokens, engine_s),
     ]
-    print(f"{'arm':<8}{'candidates':>12}{'tokens':>10}{'seconds':>10}{'cand/s':>10}{'tok/s':>10}")
+    print(f"{'arm':<12}{'candidates':>12}{'tokens':>10}{'seconds':>10}{'cand/s':>10}{'tok/s':>10}")
     for name, candidates, tokens, seconds in rows:
         rates = f"{candidates / seconds:>10.2f}{tokens / seconds:>10.0f}"
-        print(f"{name:<8}{candidates:>12}{tokens:>10}{seconds:>10.2f}{rates}")
+        print(f"{name:<12}{candidates:>12}{tokens:>10}{seconds:>10.2f}{rates}")
     if peak is not None:
         print(f"engine peak GPU memory: {peak:.1f} GiB")
     speedup = (engine_candidates / engine_s) / (naive_candidates / naive_s)

@@ -163,6 +163,9 @@ class PersonasConfig(PersonaExpansionConfig):
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens the LLM may write per query / attribute."})
 
 
+GENERATION_BACKENDS = ("generate", "continuous")
+
+
 @dataclass
 class GenerationArguments:
     """Sampling candidate conversations (paper: top-k 40, temperature 0.7)."""
@@ -188,6 +191,17 @@ class GenerationArguments:
     )
     shard_size: int = field(default=64, metadata={"help": "User pairs per shard, the unit of resume."})
     min_turns: int = field(default=4, metadata={"help": "A candidate parses when it has at least this many turns."})
+    backend: str = field(
+        default="generate",
+        metadata={
+            "help": "`generate`: padded batches, each candidate with its own seeded noise. `continuous`: "
+            "transformers' continuous batching (paged cache, no padding; for GPUs), seeded per shard."
+        },
+    )
+
+    def __post_init__(self):
+        if self.backend not in GENERATION_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(GENERATION_BACKENDS)}, got '{self.backend}'.")
 
 
 @dataclass
@@ -270,6 +284,10 @@ class LoopConfig:
     tiny_models_dir: str | None = field(
         default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
     )
+
+    def __post_init__(self):
+        if self.update not in ("continue", "fresh"):
+            raise ValueError(f"update must be `continue` or `fresh`, got '{self.update}'.")
 
 
 @dataclass

@@ -598,8 +598,6 @@ class Loop:
 
         from .training.sft import train_adapter
 
-        if self.recipe.loop.update not in ("continue", "fresh"):
-            raise ValueError(f"loop.update must be `continue` or `fresh`, not '{self.recipe.loop.update}'.")
         data_dir, data_fp = self._input("train", iteration, "sft-data")
         init_adapter, init_fp = (None, None)
         if self.recipe.loop.update == "continue":

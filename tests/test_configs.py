@@ -78,6 +78,15 @@ def test_bad_value_names_section(tmp_path):
         parse_recipe(write(tmp_path, "{}\n"), ["--generation.num_candidates", "many"])
 
 
+@pytest.mark.parametrize(
+    ("section", "field", "value", "choices"),
+    [("generation", "backend", "continous", "generate, continuous"), ("loop", "update", "restart", "`fresh`")],
+)
+def test_a_choice_outside_its_options_names_them(tmp_path, section, field, value, choices):
+    with pytest.raises(RecipeError, match=f"section '{section}'.*{field} must be .*{choices}.*'{value}'"):
+        parse_recipe(write(tmp_path, f"{section}:\n  {field}: {value}\n"))
+
+
 def test_gpu_recipe_parses_on_cpu_but_builds_where_it_trains(tmp_path):
     recipe = parse_recipe(write(tmp_path, "training:\n  bf16: true\n"))
     assert recipe.training["bf16"] is True  # kept as written, not silently switched off

@@ -19,6 +19,7 @@ from spc_train.generation.candidates import (
     parse_candidate,
     pick_examples,
 )
+from spc_train.generation.continuous import sample_conversations_continuous
 from spc_train.generation.engine import Sample, plan_batches, sample_conversations, stop_token_ids
 from spc_train.generation.prompts import INSTRUCTION, REQUEST, generator_prompt, render
 from spc_train.generation.sampling import GumbelMaxSampler, hash32, row_key
@@ -402,6 +403,7 @@ def generation_args(**overrides) -> SimpleNamespace:
         "num_candidates": 2,
         "batch_tokens": 100_000,
         "min_turns": 2,
+        "backend": "generate",
     }
     return SimpleNamespace(**{**args, **overrides})
 
@@ -460,6 +462,75 @@ def test_generate_shards_drops_examples_to_fit_the_prompt_budget(model, tok, tmp
     rows = read_shards(tmp_path, 1)
     assert [r["few_shot_examples"] for r in rows] == [0, 0, 0, 0]
     assert [r["source"] for r in rows] == ["generated:iter-00"] * 4
+
+
+# -- the continuous-batching backend ----------------------------------------------------------------------------------
+def sample_continuous(model, tok, prompts, keys, *, n=2, max_new_tokens=5, seed=0, **kwargs):
+    kwargs = {"do_sample": True, "top_k": 50, "max_new_tokens": max_new_tokens, **kwargs}
+    return sample_conversations_continuous(
+        model, tok, prompts, keys, n=n, generation_kwargs=kwargs, batch_tokens=1024, seed=seed
+    )
+
+
+def test_continuous_backend_decodes_like_generate_in_the_prompts_order(model, tok):
+    """Greedy, both backends must produce the same text per prompt: same order, same decoding, same stops."""
+    prompts = ["User 1: hi, do you have cats?", "User 1: I baked bread today.", "User 1: what do you teach?"]
+    keys = ["a", "b", "c"]
+    greedy = {"do_sample": False, "max_new_tokens": 6}
+    continuous = sample_continuous(model, tok, prompts, keys, n=1, **greedy)
+    assert as_tuples(continuous) == as_tuples(sample(model, tok, prompts, keys, n=1, **greedy))
+    assert len({samples[0].text for samples in continuous}) > 1  # the prompts continue differently: order shows
+
+    # End of turn: make the token greedy decoding emits third for prompt 0 a stop token; it ends there.
+    ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
+    third = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=3)[0, len(ids) + 2].item()
+    model.generation_config.eos_token_id = [tok.eos_token_id, third]
+    try:
+        stopped = sample_continuous(model, tok, prompts[:1], keys[:1], n=1, **greedy)[0][0]
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+    assert (stopped.num_tokens, stopped.finish_reason) == (2, "stop")
+    assert continuous[0][0].text.startswith(stopped.text)
+
+
+def test_continuous_backend_samples_n_candidates_seeded_per_call(model, tok):
+    prompts, keys = prompts_and_keys(tok)
+    results = sample_continuous(model, tok, prompts, keys, n=3)
+    assert [len(samples) for samples in results] == [3, 3, 3]
+    for samples in results:
+        for s in samples:
+            assert s.finish_reason == ("length" if s.num_tokens == 5 else "stop") and s.num_tokens <= 5
+    assert len({s.text for samples in results for s in samples}) > 3  # sampled, not one text per prompt
+    assert as_tuples(sample_continuous(model, tok, prompts, keys, n=3)) == as_tuples(results)
+    assert as_tuples(sample_continuous(model, tok, prompts, keys, n=3, seed=1)) != as_tuples(results)
+
+
+def test_continuous_backend_runs_the_adapter(tok):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(tok)
+    prompts, keys = prompts_and_keys(tok)
+    greedy = {"do_sample": False, "max_new_tokens": 6}
+    before = as_tuples(sample_continuous(base, tok, prompts, keys, n=1, **greedy))
+    torch.manual_seed(0)
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    after = as_tuples(sample_continuous(adapted, tok, prompts, keys, n=1, **greedy))
+    assert after != before  # the LoRA layers are in the forward pass
+    assert after == as_tuples(sample(adapted, tok, prompts, keys, n=1, **greedy))
+
+
+def test_generate_shards_with_the_continuous_backend_resumes_to_the_same_rows(model, tok, tmp_path):
+    args = generation_args(backend="continuous", batch_tokens=1024)
+    folder = tmp_path / "candidates"
+    assert run_shards(model, tok, folder, args=args)["shards_generated"] == 3
+    rows = read_shards(folder, 3)
+    assert [(r["pair_id"], r["candidate"]) for r in rows] == [(p["pair_id"], c) for p in PAIRS for c in range(2)]
+    (folder / "shard-00001.jsonl").unlink()
+    assert run_shards(model, tok, folder, args=args)["shards_generated"] == 1
+    assert read_shards(folder, 3) == rows  # the regenerated shard is the one an uninterrupted run wrote
+    other = tmp_path / "process-1"
+    run_shards(model, tok, other, args=args, process_index=1, num_processes=2)
+    assert (other / "shard-00001.jsonl").read_text() == (folder / "shard-00001.jsonl").read_text()
 
 
 # -- parsing candidates -----------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Shards (groups of pairs) are the unit of resume and of data parallelism: under `accelerate launch` process p takes
 shards p, p + world, ...; a shard file is written atomically when done, so a killed run redoes only missing shards.
 Few-shot examples are drawn per pair from a generator seeded by (seed, iteration, pair id), so a pair's prompt does not
-depend on which process or shard handles it.
+depend on which process or shard handles it. Sampling is `engine.py` (`generate`, the default) or `continuous.py`
+(transformers' continuous batching), by `generation.backend`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.conversation import parse_conversation
 from ..runs import pending_shards, shard_path, write_shard
+from .continuous import sample_conversations_continuous
 from .engine import sample_conversations
 from .prompts import generator_prompt, render
 
@@ -88,11 +90,13 @@ def generate_shards(
                 stats["examples_dropped"] += len(examples) - used
                 prompts.append(text)
                 shots.append(used)
-            samples = sample_conversations(
+            keys = [pair["pair_id"] for pair in shard_pairs]
+            sample = sample_conversations_continuous if args.backend == "continuous" else sample_conversations
+            samples = sample(
                 model,
                 tokenizer,
                 prompts,
-                [pair["pair_id"] for pair in shard_pairs],
+                keys,
                 n=args.num_candidates,
                 generation_kwargs=generation_kwargs,
                 batch_tokens=args.batch_tokens,

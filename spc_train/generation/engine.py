@@ -42,6 +42,14 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def decode_sample(tokenizer, tokens: list[int], stop_ids: list[int]) -> Sample:
+    """Generated ids up to the first end-of-turn id (or padding after it) as a Sample with its finish reason."""
+    stop_at = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+    kept = tokens if stop_at is None else tokens[:stop_at]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Sample(text=text.strip(), num_tokens=len(kept), finish_reason="length" if stop_at is None else "stop")
+
+
 def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, each within `batch_tokens` once padded and sampled n times."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -73,14 +81,7 @@ def _generate(
         **kwargs,
     )
     new_tokens = output[:, encoded["input_ids"].shape[1] :]
-    samples = []
-    for row in new_tokens.tolist():
-        stop_at = next((i for i, token in enumerate(row) if token in stop_ids), None)
-        kept = row if stop_at is None else row[:stop_at]
-        text = tokenizer.decode(kept, skip_special_tokens=True)
-        samples.append(
-            Sample(text=text.strip(), num_tokens=len(kept), finish_reason="length" if stop_at is None else "stop")
-        )
+    samples = [decode_sample(tokenizer, row, stop_ids) for row in new_tokens.tolist()]
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 

@@ -1,0 +1,77 @@
+"""The second generation backend: transformers' continuous batching (`generate_batch`), chosen with
+`generation.backend: continuous`.
+
+A paged KV cache and a scheduler that admits a request as soon as another finishes: no padding, and no batch waiting
+for its longest conversation, which is where a GPU's throughput goes on long, uneven samples. It works with PEFT
+adapters (the LoRA layers live inside the base model's modules, which `generate_batch` runs). Its sampler is its own,
+seeded once per call, so the per-candidate noise of the `generate` backend does not apply: a candidate depends on the
+other requests of its call. Each call is one shard, seeded by the shard's pair keys, so a shard regenerated after a
+crash repeats the uninterrupted one where the device is deterministic (it is on CPU), and any process count gives
+the same shards. Out of memory is the scheduler's business: it sizes its cache from free memory up front.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .engine import Sample, decode_sample, stop_token_ids
+from .sampling import row_key
+
+PAGE_SIZE = 256  # tokens per cache block (transformers' default)
+MAX_STEP_TOKENS = 8192  # transformers' default tokens per step, when the cache is larger
+
+
+@torch.inference_mode()
+def sample_conversations_continuous(
+    model,
+    tokenizer,
+    prompts: list[str],
+    keys: list[str],
+    *,
+    n: int,
+    generation_kwargs: dict,
+    batch_tokens: int,
+    seed: int,
+    progress=None,
+) -> list[list[Sample]]:
+    """n samples per rendered prompt, in the prompts' order, from one `generate_batch` call seeded by the keys.
+
+    `batch_tokens` bounds the paged cache (tokens held at once, as it bounds a padded batch of the `generate`
+    backend) and the tokens of one forward step (whose attention mask grows with it where no flash kernel runs).
+    """
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    if not prompts:
+        return []
+    stop_ids = stop_token_ids(model, tokenizer)
+    config = GenerationConfig(
+        **generation_kwargs, num_return_sequences=n, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+    )
+    inputs = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    outputs = model.generate_batch(
+        inputs,
+        generation_config=config,
+        continuous_batching_config=ContinuousBatchingConfig(
+            seed=row_key(seed, "|".join(keys), 0),
+            num_blocks=-(-batch_tokens // PAGE_SIZE),
+            page_size=PAGE_SIZE,
+            max_batch_tokens=min(batch_tokens, MAX_STEP_TOKENS),
+        ),
+        warmup=model.device.type == "cuda",  # captures CUDA graphs; nothing to capture elsewhere
+    )
+    samples, failed = [], []
+    for request, output in outputs.items():
+        if output.error is not None:
+            failed.append(f"{request}: {output.error}")
+        samples.append(decode_sample(tokenizer, list(output.generated_tokens), stop_ids))
+    if failed or len(samples) != len(prompts) * n:
+        missing = len(prompts) * n - len(outputs)
+        raise RuntimeError(
+            f"Continuous batching returned {len(samples) - len(failed)} of {len(prompts) * n} candidates "
+            f"({len(failed)} failed, {missing} missing; first: {failed[:1]}). Nothing of this shard was written: "
+            "re-run to resume, or set generation.backend to `generate`."
+        )
+    if progress is not None:
+        progress.update(len(prompts))
+    # generate_batch orders each prompt's requests as its children #0..n-2, then the parent
+    return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
