@@ -464,7 +464,9 @@ def test_reproduce_matches_an_unmodified_run_and_names_a_tampered_stage(demo_run
     Dataset.from_list(rows).save_to_disk(str(copy / "iter-01" / "selected"))
     (copy / "iter-01" / "selected" / "stage.json").write_text(stage_json)
     assert main(["reproduce", "--run_dir", str(copy), "--iteration", "1", "--work_dir", str(tmp_path / "w2")]) == 1
-    assert "NOT reproduced: iter-01/selected" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "NOT reproduced: iter-01/selected" in printed
+    assert f"iter-01/selected: {len(rows)} rows recorded, {len(rows) + 1} reproduced" in printed
 
 
 def test_whole_loop_under_accelerate_launch_with_two_processes(demo_run, tmp_path):
