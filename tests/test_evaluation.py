@@ -402,3 +402,31 @@ def test_write_report_paper_column_only_where_given(tmp_path):
         "Faithfulness: profile extraction",
         "LLM-judge scores (Table 15 style)",
     ]
+
+
+def test_write_report_persona_sets_beside_the_papers_table_1(tmp_path):
+    sets = {
+        "seed": {"attributes": 481, "clusters": 91, "inter_cluster_distance": 0.7736, "mean_length_tokens": 7.69},
+        "generated": {"attributes": 0, "clusters": 0, "inter_cluster_distance": 0.0, "mean_length_tokens": 0.0},
+        "expanded": {"attributes": 481, "clusters": 91, "inter_cluster_distance": 0.7736, "mean_length_tokens": 7.69},
+    }
+    sets = dict(reversed(sets.items()))  # stored order (JSON keys sort) does not decide the rows
+    text = write_report(tmp_path / "with", **_report_inputs(), persona_sets=sets).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("## Persona set (Table 1)")
+    table = [line for line in lines[start:] if line.startswith("|")][: 2 + len(sets) + 2]
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table]
+    assert header == ["persona set", "attributes", "clusters", "inter-cluster distance", "mean length (tokens)"]
+    assert rows == [
+        ["seed", "481", "91", "0.774", "7.690"],
+        ["generated", "0", "0", "–", "–"],
+        ["expanded", "481", "91", "0.774", "7.690"],
+        ["paper: Persona-Chat (seed)", "4723", "323", "0.836", "7.650"],
+        ["paper: SPC (PC expanded)", "10371", "553", "0.863", "15.900"],
+    ]
+    payload = json.loads((tmp_path / "with" / "metrics.json").read_text())
+    assert payload["persona_sets"] == sets
+    # A run that kept the seed users has no persona expansion, and no such section.
+    text = write_report(tmp_path / "without", **_report_inputs()).read_text(encoding="utf-8")
+    assert "Persona set" not in text
+    assert "persona_sets" not in json.loads((tmp_path / "without" / "metrics.json").read_text())

@@ -98,6 +98,7 @@ def test_loop_writes_every_stage_of_both_iterations(demo_run):
         assert f"## {section}" in report and (run / "report" / f"metrics-{plot}.png").exists()
     for section in ("Next-utterance prediction", "Faithfulness: profile extraction", "LLM-judge scores"):
         assert f"## {section}" in report
+    assert "## Persona set" not in report  # users are the seed's (`personas.source: seed`): nothing was expanded
     seed_metrics, last = (read_stage(run / where)["metrics"] for where in ("eval", "iter-01/eval"))
     assert "detection_lose" not in seed_metrics and seed_metrics["extraction_items"] > 0
     assert last["detection_lose"] + last["detection_win"] + last["detection_tie"] == pytest.approx(1.0)

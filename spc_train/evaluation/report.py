@@ -182,6 +182,50 @@ PAPER_REFERENCES: dict[str, str] = {
 }
 
 
+# The persona-set measures of the paper's Table 1, and its rows for Persona-Chat before and after expansion.
+PERSONA_SET_MEASURES = (
+    ("attributes", "attributes"),
+    ("clusters", "clusters"),
+    ("inter_cluster_distance", "inter-cluster distance"),
+    ("mean_length_tokens", "mean length (tokens)"),
+)
+PAPER_PERSONA_SETS: dict[str, dict[str, float]] = {
+    "paper: Persona-Chat (seed)": {
+        "attributes": 4723,
+        "clusters": 323,
+        "inter_cluster_distance": 0.836,
+        "mean_length_tokens": 7.65,
+    },
+    "paper: SPC (PC expanded)": {
+        "attributes": 10371,
+        "clusters": 553,
+        "inter_cluster_distance": 0.863,
+        "mean_length_tokens": 15.9,
+    },
+}
+PERSONA_SETS_HOW_TO_READ = (
+    "The persona attributes the loop's users are made of, in the measures of the paper's Table 1: `seed` before "
+    "expansion, `generated` the new attributes, `expanded` both. Clusters come from agglomerative clustering of "
+    "sentence embeddings at `personas.distance_threshold`; inter-cluster distance is the mean cosine distance between "
+    "cluster centroids (higher: more varied topics). The paper's rows are the full Persona-Chat train set with BERT "
+    "embeddings: compare the direction of the change (expansion adds attributes and clusters and spreads them), not "
+    "the values, unless the seed is the same set."
+)
+
+
+def _persona_set_lines(persona_sets: dict[str, dict[str, float]]) -> list[str]:
+    known = ["seed", "generated", "expanded"]
+    ours = sorted(persona_sets.items(), key=lambda item: (known.index(item[0]) if item[0] in known else 3, item[0]))
+    rows = []
+    for name, stats in [*ours, *PAPER_PERSONA_SETS.items()]:
+        values = [stats.get(key) for key, _ in PERSONA_SET_MEASURES]
+        if not stats.get("attributes"):  # an empty set has no distance or length
+            values[2:] = [None, None]
+        rows.append([name] + [_format_number(v, as_int=i < 2) for i, v in enumerate(values)])
+    header = ["persona set", *(label for _, label in PERSONA_SET_MEASURES)]
+    return ["## Persona set (Table 1)", "", PERSONA_SETS_HOW_TO_READ, ""] + _table(header, rows) + [""]
+
+
 def _pattern_matches(pattern: str, name: str) -> bool:
     if pattern.endswith("_"):
         return name.startswith(pattern)
@@ -308,12 +352,14 @@ def write_report(
     examples: dict[str, list[dict]],
     notes: list[str] | None = None,
     paper: dict[str, str] | None = None,
+    persona_sets: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write `report.md`, `metrics.json` and the PNG plots into `report_dir`; return the path of `report.md`.
 
     Metrics are grouped into `SECTIONS` (see `group_metrics`); a section none of whose metrics is measured in any
     column is left out, with its plot. `paper` maps metric names to the paper's reference text (e.g.
     `PAPER_REFERENCES`), shown in a `paper` column of the sections where one of their metrics has one.
+    `persona_sets` (set name -> Table 1 statistics, from an expansion) adds a table beside the paper's Table 1 rows.
     `columns` is the source of truth for what is shown and in which order: values keyed by other columns are
     ignored. Expert/filter names are sorted. Plots: `metrics-<slug>.png` per section, `score_distributions.png`,
     `pass_rates.png`; a plot without data is neither written nor linked (a stale PNG of that name from an earlier
@@ -354,6 +400,8 @@ def write_report(
             lines += [f"![{section.title} per column](metrics-{section.slug}.png)", ""]
     if not shown:
         lines += ["## Metrics", "", "No metrics were measured.", ""]
+    if persona_sets:
+        lines += _persona_set_lines(persona_sets)
 
     if plots["score_distributions.png"]:
         lines += ["## Critic scores", "", "![Critic score distributions](score_distributions.png)", ""]
@@ -389,6 +437,8 @@ def write_report(
         # Every metric in exactly one section, measured or not (the markdown shows only measured sections).
         "sections": {section.slug: names for section, names in groups},
     }
+    if persona_sets:
+        payload["persona_sets"] = persona_sets
     (report_dir / "metrics.json").write_text(
         json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )

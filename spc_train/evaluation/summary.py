@@ -89,6 +89,7 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         examples=examples,
         notes=notes,
         paper=PAPER_REFERENCES,
+        persona_sets=(read_stage(run.stage_dir("personas")) or {}).get("statistics"),
     )
     return {"report": str(run.root / "report" / path.name), "iterations": list(rows)}
 
