@@ -7,6 +7,7 @@ Usage:
     spc-train report --run_dir RUN
     spc-train reproduce --run_dir RUN --iteration 1
     spc-train push RUN --repo_id ORG/NAME [--public] [--include_candidates]
+    spc-train export RUN --output spc.csv [--iteration K|all] [--what selected|candidates|sft]
     spc-train import-seed --input data.csv --output seed_ds [--format spc-csv] [--strict]
     spc-train make-tiny --output_dir tiny-models
 
@@ -23,6 +24,9 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger("spc_train")
+
+# `export --what` -> the stage folder it reads in each iteration.
+EXPORTS = {"selected": "selected", "candidates": "candidates", "sft": "train"}
 
 # Stage subcommands: name -> (Loop method, whether it takes --iteration).
 STAGES = {
@@ -63,6 +67,18 @@ def make_parser() -> argparse.ArgumentParser:
     visibility.add_argument("--private", dest="private", action="store_true", default=True, help="Private (default).")
     visibility.add_argument("--public", dest="private", action="store_false", help="Public repos.")
     push.add_argument("--include_candidates", action="store_true", help="Also upload every candidate with its scores.")
+
+    export = commands.add_parser("export", help="Write a run's selected conversations (or candidates, SFT rows) out.")
+    export.add_argument("run_dir", help="Run directory.")
+    export.add_argument("--output", required=True, help="SPC CSV (.csv), JSON Lines (.jsonl[.gz]) or a folder.")
+    export.add_argument("--iteration", default="last", help="An iteration number, `last` (default) or `all`.")
+    export.add_argument(
+        "--what",
+        choices=sorted(EXPORTS),
+        default="selected",
+        help="selected: the best conversation per pair; candidates: every candidate with its scores; sft: the "
+        "prompt-completion rows the generator was trained on (JSON Lines or a folder).",
+    )
 
     again = commands.add_parser("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
     again.add_argument("--run_dir", required=True)
@@ -139,6 +155,40 @@ def make_tiny(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    """A finished stage's rows of one iteration (or all) as SPC CSV, JSON Lines or a datasets folder."""
+    from .data import export_records
+    from .loop import StageInputError
+    from .runs import RunDir, load_rows, read_stage, save_rows
+
+    run, stage = RunDir(args.run_dir), EXPORTS[args.what]
+    finished = [k for k in run.iterations() if read_stage(run.stage_dir(stage, k))]
+    if not finished:
+        raise StageInputError(
+            f"{run.root} has no finished `{stage}` stage to export: run `spc-train loop` on it first."
+        )
+    if args.iteration in ("last", "all"):
+        chosen = finished[-1:] if args.iteration == "last" else finished
+    elif args.iteration.isdigit() and int(args.iteration) in finished:
+        chosen = [int(args.iteration)]
+    else:
+        raise StageInputError(
+            f"--iteration {args.iteration}: {run.root} has finished `{stage}` in iterations {finished}; "
+            "give one of them, `last` or `all`."
+        )
+    rows = [row for k in chosen for row in load_rows(run.stage_dir(stage, k))]
+    name = str(args.output).lower()
+    if args.what == "sft" and name.endswith(".csv"):
+        raise StageInputError("SFT rows are prompt-completion pairs, not conversations: export .jsonl or a folder.")
+    if args.what == "sft" and ".json" not in name:  # a plain folder: the conversation record features do not apply
+        save_rows(rows, Path(args.output))
+    else:
+        export_records(rows, args.output)
+    iterations = ", ".join(f"iter-{k:02d}" for k in chosen)
+    print(f"wrote {len(rows)} {args.what} rows of {iterations} to {args.output}")
+    return 0
+
+
 def reproduce(args) -> int:
     from .reproduce import format_results, reproduce
 
@@ -168,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             return make_tiny(args)
         if args.command == "reproduce":
             return reproduce(args)
+        if args.command == "export":
+            return export(args)
         if args.command == "push":
             from .hub import push_run
 

@@ -36,3 +36,62 @@ def test_recipe_typo_is_one_clear_error(tmp_path, capsys):
     assert main(["loop", "--config", str(recipe), "--run_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "num_candidate" in err and "generation" in err and "num_candidates" in err
+
+
+def _finished(folder: Path, rows: list[dict]) -> None:
+    from spc_train.runs import save_rows
+
+    save_rows(rows, folder)
+    (folder / "stage.json").write_text('{"fingerprint": "f"}')
+
+
+def _conversation(k: int, i: int) -> dict:
+    return {
+        "pair_id": f"pair-{i}",
+        "user1_persona": [f"I have {i} cats."],
+        "user2_persona": ["I swim."],
+        "turns": [{"speaker": 1, "text": f"hi {k}"}, {"speaker": 2, "text": "hello"}],
+        "source": f"generated:iter-{k:02d}",
+        "iteration": k,
+        "scores": {"faithfulness": 0.1 * i},
+    }
+
+
+def test_export_writes_the_selection_of_the_last_or_every_iteration(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    for k in (0, 1):
+        _finished(run / f"iter-{k:02d}" / "selected", [_conversation(k, i) for i in range(3)])
+        _finished(run / f"iter-{k:02d}" / "train", [{"prompt": f"p{k}", "completion": "c"}])
+    (run / "iter-02" / "selected").mkdir(parents=True)  # started, not finished: not exported
+
+    assert main(["export", str(run), "--output", str(tmp_path / "spc.csv")]) == 0
+    assert "wrote 3 selected rows of iter-01" in capsys.readouterr().out
+    records = read_seed(str(tmp_path / "spc.csv")).records
+    assert [(r["user1_persona"], [t["text"] for t in r["turns"]]) for r in records] == [
+        ([f"I have {i} cats."], ["hi 1", "hello"]) for i in range(3)
+    ]
+
+    assert main(["export", str(run), "--output", str(tmp_path / "all.jsonl"), "--iteration", "all"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["pair_id"]) for r in rows] == [(k, f"pair-{i}") for k in (0, 1) for i in range(3)]
+    assert rows[2]["scores"] == {"faithfulness": 0.2}  # JSON Lines keep the stage columns
+
+    sft = tmp_path / "sft.jsonl"
+    assert main(["export", str(run), "--output", str(sft), "--what", "sft", "--iteration", "0"]) == 0
+    assert [json.loads(line) for line in sft.read_text().splitlines()] == [{"prompt": "p0", "completion": "c"}]
+    capsys.readouterr()
+
+
+def test_export_errors_name_what_exists(tmp_path, capsys):
+    run = tmp_path / "run"
+    _finished(run / "iter-00" / "selected", [_conversation(0, 0)])
+    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--iteration", "2"]) == 2
+    assert "iterations [0]" in capsys.readouterr().err
+    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
+    assert "no finished `train` stage" in capsys.readouterr().err
+    _finished(run / "iter-00" / "train", [{"prompt": "p", "completion": "c"}])
+    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
+    assert "export .jsonl or a folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
