@@ -154,3 +154,26 @@ class Judge:
         if self.truncated > before:
             logger.warning("Truncated %d judge prompts to the judge context.", self.truncated - before)
         return results
+
+
+class DataParallelJudge(Judge):
+    """A judge shared by the processes of `accelerate launch`: each call's questions are split across them (strided,
+    so every process gets long and short ones) and the answers gathered, so every process returns every answer.
+
+    For measurements that every process runs on the same records (the evaluate stages): each makes the same calls in
+    the same order, and only the forward passes are divided. With one process it is a plain `Judge`.
+    """
+
+    def option_probabilities(
+        self, questions: list[str], options: list[str], examples: Sequence[tuple[str, str]] = ()
+    ) -> list[list[float]]:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        count, rank = state.num_processes, state.process_index
+        mine = super().option_probabilities(questions[rank::count], options, examples)
+        results: list[list[float]] = [[] for _ in questions]
+        for process, answers in enumerate(gather_object([mine])):  # one list per process, in process order
+            results[process::count] = answers
+        return results

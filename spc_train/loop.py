@@ -41,6 +41,12 @@ def _source_identity(path: str | None) -> str | None:
     return path
 
 
+def _processes() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
@@ -462,9 +468,12 @@ class Loop:
 
         return self._stage("candidates", iteration, config, inputs, models, write, parallel=generate)
 
-    def _judge_loaders(self):
-        """`judge()` and `classifier(path)` that load on first use (and once), and the dict holding what was loaded."""
-        from .judge import Judge
+    def _judge_loaders(self, data_parallel: bool = False):
+        """`judge()` and `classifier(path)` that load on first use (and once), and the dict holding what was loaded.
+
+        `data_parallel`: the judge splits each call across processes (for stages every process runs whole).
+        """
+        from .judge import DataParallelJudge, Judge
         from .models import load_causal_lm, load_classifier, load_tokenizer
 
         critic, judge_spec = self.recipe.critic, self.recipe.judge_spec()
@@ -472,7 +481,8 @@ class Loop:
 
         def judge() -> Judge:
             if "judge" not in loaded:
-                loaded["judge"] = Judge(
+                kind = DataParallelJudge if data_parallel else Judge
+                loaded["judge"] = kind(
                     load_causal_lm(judge_spec), load_tokenizer(judge_spec), critic.batch_tokens, critic.judge_context
                 )
             return loaded["judge"]
@@ -658,7 +668,7 @@ class Loop:
             models["toxicity"] = self.identities()["toxicity"] or self.identities()["judge"]
         if "extraction" in asked:
             models |= {"generator (negation)": self.identities()["generator"], "nli": identity(nli_path)}
-        judge, classifier, _ = self._judge_loaders()
+        judge, classifier, _ = self._judge_loaders(data_parallel=True)
 
         def toxicity(records: list[dict]) -> list[float]:
             expert = EXPERTS["toxicity"]("toxicity", critic, judge, classifier)
@@ -687,21 +697,25 @@ class Loop:
         pairs_dir, pairs_fp = self._input("pairs", command="pair-users")
         spec, evaluators = self._evaluation_inputs()
         recipe = self.recipe
+        measured: dict[str, Any] = {}
 
-        def write(out: Path) -> dict:
+        def measure(fp: str) -> None:  # on every process: the judge divides its passes among them
             pair_ids = {pair["pair_id"] for pair in load_rows(pairs_dir)}
             seed = [record for record in load_rows(seed_dir) if record["pair_id"] in pair_ids]
-            metrics = evaluate_dataset(
+            measured["metrics"] = evaluate_dataset(
                 seed,
                 config=recipe.evaluation,
                 evaluators=evaluators,
                 toxicity_threshold=recipe.critic.toxicity_threshold,
                 seed=recipe.loop.seed,
             )
-            save_rows([metrics], out)
-            return {"metrics": metrics}
 
-        return self._stage("eval", None, spec["config"], [seed_fp, pairs_fp], spec["models"], write)
+        def write(out: Path) -> dict:
+            save_rows([measured["metrics"]], out)
+            return {"metrics": measured["metrics"], "processes": _processes()}
+
+        inputs = [seed_fp, pairs_fp]
+        return self._stage("eval", None, spec["config"], inputs, spec["models"], write, parallel=measure)
 
     def stage_evaluate(self, iteration: int) -> str:
         """The iteration's selection measured against the seed, plus the critic's and the training's numbers."""
@@ -717,13 +731,14 @@ class Loop:
         selection = read_stage(selected_dir)
         spec, evaluators = self._evaluation_inputs()
         recipe = self.recipe
+        measured: dict[str, Any] = {}
 
-        def write(out: Path) -> dict:
+        def measure(fp: str) -> None:  # on every process: the judge divides its passes among them
             critiques = load_rows(critiques_dir)
             selected = load_rows(selected_dir)
             seed = load_rows(seed_dir)
             stored = [row["scores"].get("toxicity") for row in selected]
-            metrics = evaluate_dataset(
+            metrics = measured["metrics"] = evaluate_dataset(
                 selected,
                 config=recipe.evaluation,
                 evaluators=evaluators,
@@ -745,11 +760,13 @@ class Loop:
                     metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
                 else:
                     metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
-            save_rows([metrics], out)
-            return {"metrics": metrics}
+
+        def write(out: Path) -> dict:
+            save_rows([measured["metrics"]], out)
+            return {"metrics": measured["metrics"], "processes": _processes()}
 
         config = {**spec["config"], "experts": recipe.critic.experts}
-        return self._stage("eval", iteration, config, inputs, spec["models"], write)
+        return self._stage("eval", iteration, config, inputs, spec["models"], write, parallel=measure)
 
     def stage_report(self) -> str:
         from .evaluation.summary import write_run_report

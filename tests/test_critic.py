@@ -20,7 +20,7 @@ from spc_train.critic.fed import POLICIES, FedPolicyExpert
 from spc_train.critic.registry import EXPERTS, build_experts, critique
 from spc_train.critic.selection import passes, select
 from spc_train.critic.toxicity import ToxicityExpert, toxic_label
-from spc_train.judge import Judge, JudgeError, option_token_ids
+from spc_train.judge import DataParallelJudge, Judge, JudgeError, option_token_ids
 
 NAN = float("nan")
 MARKER = "zebra"
@@ -172,6 +172,34 @@ def test_an_option_that_is_not_one_token_is_an_error(tok):
     with pytest.raises(JudgeError, match="'Qwxyzzy'"):
         judge.option_probabilities(["Is it so?"], ["Yes", "Qwxyzzy"])
     assert judge.model.seen == []  # refused before any forward pass
+
+
+def test_data_parallel_judge_asks_its_share_and_returns_every_answer_in_order(tok, monkeypatch):
+    """Two processes, simulated: each asks every other question; the gathered answers come back in input order."""
+    import accelerate
+    import accelerate.utils
+
+    def rule(text):  # a different answer for every question
+        return {"Yes": float(text.count("word")), "No": 3.0}
+
+    questions = [f"Question {i}: " + "word " * i for i in range(7)]
+    expected = rule_judge(tok, rule).option_probabilities(questions, ["Yes", "No"])
+    shares, asked = {}, {}
+    for rank in (1, 0):  # rank 1 first, so that rank 0's gather can hand back both shares
+
+        def gather(objects, rank=rank):
+            shares[rank] = objects[0]
+            return [shares.get(0, [[0.5, 0.5]] * 4), shares[1]]
+
+        monkeypatch.setattr(
+            accelerate, "PartialState", lambda rank=rank: SimpleNamespace(num_processes=2, process_index=rank)
+        )
+        monkeypatch.setattr(accelerate.utils, "gather_object", gather)
+        judge = DataParallelJudge(RuleLM(tok, rule), tok)
+        result = judge.option_probabilities(questions, ["Yes", "No"])
+        asked[rank] = sorted(tok.decode(ids).count("word") for ids in judge.model.seen)
+    assert asked == {0: [0, 2, 4, 6], 1: [1, 3, 5]}
+    assert result == expected
 
 
 def test_left_padding_does_not_change_the_answer(tok):

@@ -493,6 +493,14 @@ def test_whole_loop_under_accelerate_launch_with_two_processes(demo_run, tmp_pat
     # the threads. Which candidates exist and which are selected is exactly the same.
     for stage in ("candidates", "critiques", "selected"):
         assert_same_rows(load(tmp_path / "run" / "iter-00" / stage), load(run / "iter-00" / stage), stage)
+    # Evaluation: both processes run the measurements and the judge divides its forward passes between them; the
+    # numbers are one process's. (iter-00's SFT loss is not: under DDP each step sees two half batches.)
+    for where in ("eval", "iter-00/eval"):
+        assert read_stage(tmp_path / "run" / where)["processes"] == 2
+        ours, theirs = (load(root / where)[0] for root in (tmp_path / "run", run))
+        assert ours.pop("sft_loss", None) is not None or where == "eval"
+        theirs.pop("sft_loss", None)
+        assert_same_rows([ours], [theirs], where)
     assert "iter-01" in result.stdout  # the summary table, printed once by the main process
     assert result.stdout.count("report:") == 1
 
