@@ -1,7 +1,9 @@
-"""The `spc-train` command: one subcommand per stage, plus loop, report, import-seed and make-tiny.
+"""The `spc-train` command: one subcommand per stage, plus loop, check, report, reproduce, push, export, import-seed
+and make-tiny.
 
 Usage:
     spc-train loop --config recipes/tiny/loop.yaml --run_dir runs/demo [--section.field value ...]
+    spc-train check --config recipes/qwen2.5-1.5b-instruct/loop.yaml
     spc-train generate --config RECIPE --run_dir RUN --iteration 0
     spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
     spc-train report --run_dir RUN
@@ -52,6 +54,9 @@ def make_parser() -> argparse.ArgumentParser:
     loop = commands.add_parser("loop", help="Run (or resume) the whole Generator-Critic loop.")
     loop.add_argument("--config", required=True, help="Recipe YAML, e.g. recipes/tiny/loop.yaml.")
     loop.add_argument("--run_dir", required=True, help="Run directory (created, or resumed if it exists).")
+
+    check = commands.add_parser("check", help="Check a recipe before a run: models, answer options, seed; no writes.")
+    check.add_argument("--config", required=True, help="Recipe YAML.")
 
     for name, (_, iterated) in STAGES.items():
         stage = commands.add_parser(name, help=f"Run the `{name}` stage alone on a run directory.")
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluation.summary import format_summary
         from .loop import Loop
 
+        if args.command == "check":
+            lines = Loop(_recipe(args, overrides), "unused").check()
+            print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
+            return 0
         loop = Loop(_recipe(args, overrides), args.run_dir)
         if args.command == "loop":
             loop.run_all()

@@ -95,3 +95,27 @@ def test_export_errors_name_what_exists(tmp_path, capsys):
     assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
     assert "export .jsonl or a folder" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_check_reports_what_a_run_would_use_and_writes_nothing(tiny_models, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    generator = str(tiny_models / "generator")
+    recipe.write_text(yaml.safe_dump({"seed": {"path": str(SAMPLE)}, "model": {"name_or_path": generator}}))
+    assert main(["check", "--config", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("recipe checked:\n")
+    assert f"generator: {generator}" in printed and "'No', 'Yes'] are single tokens" in printed
+    assert f"seed: {SAMPLE} (spc-csv)" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no run directory, no manifest
+
+    # What a queued job would fail on, at once: a seed that is not there, a judge that cannot answer, a typo.
+    bad_seed = ["--seed.path", "data/missing.csv"]
+    assert main(["check", "--config", str(recipe), *bad_seed]) == 2
+    assert "seed.path: data/missing.csv is not an existing file" in capsys.readouterr().err
+    assert main(["check", "--config", str(recipe), "--judge.name_or_path", str(tiny_models / "nope")]) == 2
+    assert "The judge model was not found" in capsys.readouterr().err
+    assert main(["check", "--config", str(recipe), "--critic.experts", "[faithfulness, toxicty]"]) == 2
+    assert "toxicty" in capsys.readouterr().err
