@@ -238,8 +238,8 @@ class Loop:
     def _complete(self):
         """The LLM as `complete(prompts) -> texts` for persona expansion and negation: the generation engine, one
         sample per prompt with the paper's sampling, each call seeded from its own counter (deterministic)."""
+        from .data.prompts import render
         from .generation.engine import sample_conversations
-        from .generation.prompts import render
         from .models import load_causal_lm, load_tokenizer
 
         loaded: dict[str, Any] = {}

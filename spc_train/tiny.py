@@ -245,9 +245,9 @@ def warm_start_generator(model, tokenizer, rows: list[dict], output_dir: Path, s
 
 def measure_parse_rate(model, tokenizer, records: list[dict], pairs: int = 16, seed: int = 0) -> float:
     """Share of one-shot samples (paper prompt, top-k 40, temperature 0.7) that parse as a conversation."""
+    from .data.prompts import generator_prompt, render
     from .generation.candidates import parse_candidate
     from .generation.engine import sample_conversations
-    from .generation.prompts import generator_prompt, render
 
     targets = records[:pairs]
     prompts = [render(tokenizer, generator_prompt(t, [records[-1 - i]])) for i, t in enumerate(targets)]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_llama_config
 
+from spc_train.data.prompts import INSTRUCTION, REQUEST, generator_prompt, render
 from spc_train.generation import engine
 from spc_train.generation.candidates import (
     fit_prompt,
@@ -21,7 +22,6 @@ from spc_train.generation.candidates import (
 )
 from spc_train.generation.continuous import sample_conversations_continuous
 from spc_train.generation.engine import Sample, plan_batches, sample_conversations, stop_token_ids
-from spc_train.generation.prompts import INSTRUCTION, REQUEST, generator_prompt, render
 from spc_train.generation.sampling import GumbelMaxSampler, hash32, row_key
 from spc_train.runs import read_shards
 

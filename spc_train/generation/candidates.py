@@ -17,10 +17,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data.conversation import parse_conversation
+from ..data.prompts import generator_prompt, render
 from ..runs import pending_shards, shard_path, write_shard
 from .continuous import sample_conversations_continuous
 from .engine import sample_conversations
-from .prompts import generator_prompt, render
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ end-of-turn token, and trains on the completion only (`completion_only_loss`).
 from __future__ import annotations
 
 from ..data.conversation import format_conversation
-from ..generation.prompts import as_messages, generator_prompt
+from ..data.prompts import as_messages, generator_prompt
 
 
 def sft_row(record: dict, examples: list[dict] | None = None) -> dict:

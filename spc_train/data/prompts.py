@@ -2,11 +2,12 @@
 
 The same builder makes the few-shot prompt (k example conversations from the pool, then the target pair) and the
 zero-shot prompt (k = 0) on which the generator is fine-tuned, so a fine-tuned generator is prompted as it was trained.
+Shared by the generate and train stages (SFT rows must be the prompt the generator is asked): it lives below both.
 """
 
 from __future__ import annotations
 
-from ..data.conversation import format_conversation
+from .conversation import format_conversation
 
 INSTRUCTION = (
     "Here, we list the profiles of two users, user 1 and user 2, followed by an interesting and natural conversation "
