@@ -519,6 +519,49 @@ def test_continuous_backend_runs_the_adapter(tok):
     assert after == as_tuples(sample(adapted, tok, prompts, keys, n=1, **greedy))
 
 
+class OutOfMemoryUntil:
+    """A stand-in for a model's `generate_batch`: out of memory while the paged cache has more than `fits` blocks,
+    raised (`how="raise"`) or reported on the requests as transformers' manager does (`how="report"`)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tok, fits: int, how: str):
+        self.tok, self.fits, self.how, self.blocks = tok, fits, how, []
+        self.generation_config = SimpleNamespace(eos_token_id=tok.eos_token_id)
+
+    def generate_batch(self, inputs, generation_config, continuous_batching_config, warmup):
+        self.blocks.append(continuous_batching_config.num_blocks)
+        full = continuous_batching_config.num_blocks > self.fits
+        if full and self.how == "raise":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        error = "CUDA out of memory. Tried to allocate 2.00 GiB" if full else None
+        n = generation_config.num_return_sequences
+        return {
+            f"req_{i}__{j}": SimpleNamespace(error=error, generated_tokens=[7 + i, self.tok.eos_token_id])
+            for i in range(len(inputs))
+            for j in range(n)
+        }
+
+
+@pytest.mark.parametrize("how", ["raise", "report"])
+def test_continuous_backend_halves_its_cache_on_out_of_memory_and_loses_nothing(tok, how):
+    model = OutOfMemoryUntil(tok, fits=2, how=how)
+    kwargs = {"do_sample": True, "max_new_tokens": 4}
+    results = sample_conversations_continuous(
+        model, tok, ["a", "b", "c"], ["x", "y", "z"], n=2, generation_kwargs=kwargs, batch_tokens=2048, seed=0
+    )
+    assert model.blocks == [8, 4, 2]  # 2048 tokens = 8 blocks of 256, halved until it fits
+    assert [[(s.num_tokens, s.finish_reason) for s in samples] for samples in results] == [[(1, "stop")] * 2] * 3
+    assert [samples[0].text for samples in results] == [tok.decode([7 + i]).strip() for i in range(3)]
+
+    never = OutOfMemoryUntil(tok, fits=0, how=how)  # not even one block: an error, nothing written
+    with pytest.raises((torch.OutOfMemoryError, RuntimeError), match="out of memory|failed"):
+        sample_conversations_continuous(
+            never, tok, ["a"], ["x"], n=1, generation_kwargs=kwargs, batch_tokens=512, seed=0
+        )
+    assert never.blocks == [2, 1]
+
+
 def test_generate_shards_with_the_continuous_backend_resumes_to_the_same_rows(model, tok, tmp_path):
     args = generation_args(backend="continuous", batch_tokens=1024)
     folder = tmp_path / "candidates"

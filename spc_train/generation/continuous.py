@@ -7,18 +7,27 @@ adapters (the LoRA layers live inside the base model's modules, which `generate_
 seeded once per call, so the per-candidate noise of the `generate` backend does not apply: a candidate depends on the
 other requests of its call. Each call is one shard, seeded by the shard's pair keys, so a shard regenerated after a
 crash repeats the uninterrupted one where the device is deterministic (it is on CPU), and any process count gives
-the same shards. Out of memory is the scheduler's business: it sizes its cache from free memory up front.
+the same shards. The paged cache holds `batch_tokens` tokens; out of memory halves it and asks again (logged), so no
+row is lost.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from .engine import Sample, decode_sample, stop_token_ids
 from .sampling import row_key
 
+logger = logging.getLogger(__name__)
+
 PAGE_SIZE = 256  # tokens per cache block (transformers' default)
 MAX_STEP_TOKENS = 8192  # transformers' default tokens per step, when the cache is larger
+
+
+def _out_of_memory(error: BaseException | str | None) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error or "").lower()
 
 
 @torch.inference_mode()
@@ -48,17 +57,30 @@ def sample_conversations_continuous(
         **generation_kwargs, num_return_sequences=n, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
     )
     inputs = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    outputs = model.generate_batch(
-        inputs,
-        generation_config=config,
-        continuous_batching_config=ContinuousBatchingConfig(
-            seed=row_key(seed, "|".join(keys), 0),
-            num_blocks=-(-batch_tokens // PAGE_SIZE),
-            page_size=PAGE_SIZE,
-            max_batch_tokens=min(batch_tokens, MAX_STEP_TOKENS),
-        ),
-        warmup=model.device.type == "cuda",  # captures CUDA graphs; nothing to capture elsewhere
-    )
+    while True:
+        try:
+            outputs = model.generate_batch(
+                inputs,
+                generation_config=config,
+                continuous_batching_config=ContinuousBatchingConfig(
+                    seed=row_key(seed, "|".join(keys), 0),
+                    num_blocks=-(-batch_tokens // PAGE_SIZE),
+                    page_size=PAGE_SIZE,
+                    max_batch_tokens=min(batch_tokens, MAX_STEP_TOKENS),
+                ),
+                warmup=model.device.type == "cuda",  # captures CUDA graphs; nothing to capture elsewhere
+            )
+            error = next((o.error for o in outputs.values() if _out_of_memory(o.error)), None)
+        except torch.OutOfMemoryError as raised:
+            if batch_tokens <= PAGE_SIZE:
+                raise
+            error = raised
+        if error is None or batch_tokens <= PAGE_SIZE:
+            break
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch_tokens //= 2
+        logger.warning("Out of memory in continuous batching: retrying the shard with batch_tokens %d.", batch_tokens)
     samples, failed = [], []
     for request, output in outputs.items():
         if output.error is not None:
