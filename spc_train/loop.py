@@ -111,12 +111,15 @@ class Loop:
             if not tiny_models_ready(recipe.loop.tiny_models_dir):
                 return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
         seed_path = recipe.seed.path
-        if not seed_path:
+        if read_stage(self.run.stage_dir("seed")):  # imported already (a resumed or reproduced run): not read again
+            seed = f"seed: imported in {self.run.stage_dir('seed')}"
+        elif not seed_path:
             raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
-        try:
-            seed_format = recipe.seed.format or guess_format(seed_path)
-        except SeedDataError as error:
-            raise StageInputError(f"seed.path: {error}") from None
+        else:
+            try:
+                seed = f"seed: {seed_path} ({recipe.seed.format or guess_format(seed_path)})"
+            except SeedDataError as error:
+                raise StageInputError(f"seed.path: {error}") from None
         check_spec(recipe.model, "generator")
         check_spec(recipe.judge_spec(), "judge")
         if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
@@ -152,7 +155,7 @@ class Loop:
             f"judge: {judge}; answer options {options} are single tokens",
             f"experts: {', '.join(recipe.critic.experts)}",
             f"evaluation: {', '.join(recipe.evaluation.measurements)}",
-            f"seed: {seed_path} ({seed_format}); users: {recipe.personas.source}",
+            f"{seed}; users: {recipe.personas.source}",
             f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}",
         ]
 

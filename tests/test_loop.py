@@ -448,6 +448,17 @@ def test_generated_users_need_an_nli_model_with_the_right_labels(tiny_models, tm
     assert not (tmp_path / "run" / "seed").exists()
 
 
+def test_a_run_whose_seed_is_imported_no_longer_needs_the_seed_file(demo_run, tmp_path):
+    """Resuming or reproducing a run elsewhere: the seed stage is done, so a seed path that is gone is not an error."""
+    from spc_train.loop import StageInputError
+
+    recipe, run = demo_run
+    gone = parse_recipe(recipe, ["--seed.path", str(tmp_path / "gone.csv")])
+    assert f"seed: imported in {run / 'seed'}; users: seed" in Loop(gone, run).check()
+    with pytest.raises(StageInputError, match="seed.path: .*gone.csv is not an existing file"):
+        Loop(gone, tmp_path / "new-run").check()
+
+
 def test_reproduce_matches_an_unmodified_run_and_names_a_tampered_stage(demo_run, tmp_path, capsys):
     _, run = demo_run
     copy = tmp_path / "run"
