@@ -10,7 +10,8 @@ from spc_train.evaluation.metrics import (
     score_summary,
     tokenize,
 )
-from spc_train.evaluation.report import OTHER, PAPER_REFERENCES, SECTIONS, group_metrics, write_report
+from spc_train.evaluation.paper import PAPER_REFERENCES
+from spc_train.evaluation.report import OTHER, SECTIONS, group_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")

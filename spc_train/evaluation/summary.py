@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..runs import RunDir, load_rows, read_stage
 from .metrics import dataset_statistics
-from .report import PAPER_REFERENCES, write_report
+from .paper import PAPER_REFERENCES
+from .report import write_report
 
 SUMMARY_COLUMNS = [
     ("candidates", "candidates", "{:.0f}"),
