@@ -163,8 +163,7 @@ def make_tiny(args) -> int:
 def export(args) -> int:
     """A finished stage's rows of one iteration (or all) as SPC CSV, JSON Lines or a datasets folder."""
     from .data import export_records
-    from .loop import StageInputError
-    from .runs import RunDir, load_rows, read_stage, save_rows
+    from .runs import RunDir, StageInputError, load_rows, read_stage, save_rows
 
     run, stage = RunDir(args.run_dir), EXPORTS[args.what]
     finished = [k for k in run.iterations() if read_stage(run.stage_dir(stage, k))]
@@ -211,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data import SeedDataError
     from .hub import HubOfflineError, PushError
     from .judge import JudgeError
-    from .loop import StageInputError
     from .models import ModelNotFoundError
     from .nli import NliError
     from .personas import ProfileConstructionError
+    from .runs import StageInputError
 
     try:
         if args.command == "import-seed":
@@ -237,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         from .loop import Loop
 
         if args.command == "check":
-            lines = Loop(_recipe(args, overrides), "unused").check()
+            from .preflight import check_recipe
+
+            lines = check_recipe(_recipe(args, overrides))
             print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
             return 0
         loop = Loop(_recipe(args, overrides), args.run_dir)

@@ -17,14 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .configs import ModelSpec, Recipe, RecipeError, save_recipe
-from .runs import RunDir, fingerprint, load_rows, package_versions, read_shards, read_stage, save_rows
+from .configs import ModelSpec, Recipe, save_recipe
+from .preflight import check_recipe
+from .runs import RunDir, StageInputError, fingerprint, load_rows, package_versions, read_shards, read_stage, save_rows
 
 logger = logging.getLogger(__name__)
-
-
-class StageInputError(RuntimeError):
-    """A stage was asked to run before the stages it reads from."""
 
 
 def _source_identity(path: str | None) -> str | None:
@@ -60,7 +57,7 @@ class Loop:
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Build the tiny models if the recipe asks for them, check everything (`check`), then record the run."""
+        """Build the tiny models if the recipe asks for them, then `check_recipe`, then record the run."""
         from accelerate import PartialState
 
         state = PartialState()
@@ -75,7 +72,7 @@ class Loop:
                     )
                     report = build_tiny_models(recipe.loop.tiny_models_dir)
                     logger.info("Tiny generator parse rate after warm-start: %.0f%%.", 100 * report["parse_rate"])
-        self.check()
+        check_recipe(recipe, self.run.root)
         identities = self.identities()
         if state.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
@@ -88,76 +85,6 @@ class Loop:
                 processes=state.num_processes,
             )
         state.wait_for_everyone()
-
-    def check(self) -> list[str]:
-        """Every check a run makes before any work, writing nothing; what was checked, a line each.
-
-        Models (local folder, Hugging Face cache, or the Hub when online), expert names, the judge's single-token
-        answer options, classifier labels, the seed path and the Hub setting: what a queued job would otherwise fail
-        on hours later. Only tokenizers and config files are loaded.
-        """
-        from accelerate import PartialState
-
-        from .critic.registry import check_experts, judge_options
-        from .data import SeedDataError, guess_format
-        from .evaluation.evaluate import answer_options
-        from .judge import JudgeError, option_token_ids
-        from .models import check_available, check_spec, load_tokenizer
-
-        recipe = self.recipe
-        if recipe.loop.tiny_models_dir:
-            from .tiny import tiny_models_ready
-
-            if not tiny_models_ready(recipe.loop.tiny_models_dir):
-                return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
-        seed_path = recipe.seed.path
-        if read_stage(self.run.stage_dir("seed")):  # imported already (a resumed or reproduced run): not read again
-            seed = f"seed: imported in {self.run.stage_dir('seed')}"
-        elif not seed_path:
-            raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
-        else:
-            try:
-                seed = f"seed: {seed_path} ({recipe.seed.format or guess_format(seed_path)})"
-            except SeedDataError as error:
-                raise StageInputError(f"seed.path: {error}") from None
-        check_spec(recipe.model, "generator")
-        check_spec(recipe.judge_spec(), "judge")
-        if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
-            check_available(recipe.critic.toxicity_model, "toxicity classifier")
-        if recipe.personas.source != "seed":
-            from .nli import check_nli
-
-            check_nli(ModelSpec(name_or_path=recipe.personas.nli_model))
-        evaluation_options = answer_options(recipe.evaluation)
-        critic_options = judge_options(recipe.critic)
-        judge_tokenizer = load_tokenizer(recipe.judge_spec()) if critic_options or evaluation_options else None
-        check_experts(recipe.critic, judge_tokenizer)
-        for option in evaluation_options:
-            try:
-                option_token_ids(judge_tokenizer, option)
-            except JudgeError as error:
-                asked = recipe.evaluation.measurements
-                raise RecipeError(f"{error} It is asked by evaluation.measurements: {asked}.") from None
-        if recipe.critic.toxicity_model and "toxicity" in recipe.evaluation.measurements:
-            check_available(recipe.critic.toxicity_model, "toxicity classifier")
-        if recipe.hub.repo_id:
-            from .hub import HubOfflineError, hub_offline
-
-            if hub_offline():
-                raise HubOfflineError(
-                    f"hub.repo_id is {recipe.hub.repo_id!r} but HF_HUB_OFFLINE=1: unset hub.repo_id, or go online."
-                )
-        judge = recipe.judge.name_or_path or f"{recipe.model.name_or_path} (the generator)"
-        options = sorted({o for asked in critic_options.values() for o in asked} | {*evaluation_options})
-        return [
-            f"generator: {recipe.model.name_or_path}"
-            + (f" + adapter {recipe.model.adapter}" if recipe.model.adapter else ""),
-            f"judge: {judge}; answer options {options} are single tokens",
-            f"experts: {', '.join(recipe.critic.experts)}",
-            f"evaluation: {', '.join(recipe.evaluation.measurements)}",
-            f"{seed}; users: {recipe.personas.source}",
-            f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}",
-        ]
 
     def identities(self) -> dict[str, Any]:
         from .models import identity, spec_identity

@@ -38,6 +38,10 @@ TRACKED_PACKAGES = (
 )
 
 
+class StageInputError(RuntimeError):
+    """A stage was asked to run before the stages it reads from, or without the data it needs."""
+
+
 def fingerprint(stage: str, config: Any, inputs: list[str], models: dict[str, Any], seed: int | None) -> str:
     """Hash of everything that determines a stage's output: change any of it and the stage (and its users) re-run."""
     payload = {"stage": stage, "config": config, "inputs": inputs, "models": models, "seed": seed}

@@ -450,13 +450,14 @@ def test_generated_users_need_an_nli_model_with_the_right_labels(tiny_models, tm
 
 def test_a_run_whose_seed_is_imported_no_longer_needs_the_seed_file(demo_run, tmp_path):
     """Resuming or reproducing a run elsewhere: the seed stage is done, so a seed path that is gone is not an error."""
-    from spc_train.loop import StageInputError
+    from spc_train.preflight import check_recipe
+    from spc_train.runs import StageInputError
 
     recipe, run = demo_run
     gone = parse_recipe(recipe, ["--seed.path", str(tmp_path / "gone.csv")])
-    assert f"seed: imported in {run / 'seed'}; users: seed" in Loop(gone, run).check()
+    assert f"seed: imported in {run / 'seed'}; users: seed" in check_recipe(gone, run)
     with pytest.raises(StageInputError, match="seed.path: .*gone.csv is not an existing file"):
-        Loop(gone, tmp_path / "new-run").check()
+        check_recipe(gone, tmp_path / "new-run")
 
 
 def test_reproduce_matches_an_unmodified_run_and_names_a_tampered_stage(demo_run, tmp_path, capsys):

@@ -1,0 +1,80 @@
+"""What a run checks before any work (`spc-train check`, and the start of every run): that every model can be found,
+the experts exist, the judge can write each answer option as one token, classifiers have their labels, the seed is
+there and the Hub setting fits. A queued job would otherwise fail on these hours later, on a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .configs import ModelSpec, Recipe, RecipeError
+from .runs import StageInputError, read_stage
+
+
+def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]:
+    """Every check, writing nothing and loading only tokenizers and config files; what the run would use, a line each.
+
+    Models are looked for in local folders, the Hugging Face cache, or on the Hub when online. The seed path is not
+    needed again once `run_dir` has imported it (a resumed or reproduced run).
+    """
+    from accelerate import PartialState
+
+    from .critic.registry import check_experts, judge_options
+    from .data import SeedDataError, guess_format
+    from .evaluation.evaluate import answer_options
+    from .judge import JudgeError, option_token_ids
+    from .models import check_available, check_spec, load_tokenizer
+
+    if recipe.loop.tiny_models_dir:
+        from .tiny import tiny_models_ready
+
+        if not tiny_models_ready(recipe.loop.tiny_models_dir):
+            return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
+    seed_path = recipe.seed.path
+    seed_dir = Path(run_dir) / "seed" if run_dir else None
+    if seed_dir and read_stage(seed_dir):  # imported already (a resumed or reproduced run): not read again
+        seed = f"seed: imported in {seed_dir}"
+    elif not seed_path:
+        raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
+    else:
+        try:
+            seed = f"seed: {seed_path} ({recipe.seed.format or guess_format(seed_path)})"
+        except SeedDataError as error:
+            raise StageInputError(f"seed.path: {error}") from None
+    check_spec(recipe.model, "generator")
+    check_spec(recipe.judge_spec(), "judge")
+    if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
+        check_available(recipe.critic.toxicity_model, "toxicity classifier")
+    if recipe.personas.source != "seed":
+        from .nli import check_nli
+
+        check_nli(ModelSpec(name_or_path=recipe.personas.nli_model))
+    evaluation_options = answer_options(recipe.evaluation)
+    critic_options = judge_options(recipe.critic)
+    judge_tokenizer = load_tokenizer(recipe.judge_spec()) if critic_options or evaluation_options else None
+    check_experts(recipe.critic, judge_tokenizer)
+    for option in evaluation_options:
+        try:
+            option_token_ids(judge_tokenizer, option)
+        except JudgeError as error:
+            asked = recipe.evaluation.measurements
+            raise RecipeError(f"{error} It is asked by evaluation.measurements: {asked}.") from None
+    if recipe.critic.toxicity_model and "toxicity" in recipe.evaluation.measurements:
+        check_available(recipe.critic.toxicity_model, "toxicity classifier")
+    if recipe.hub.repo_id:
+        from .hub import HubOfflineError, hub_offline
+
+        if hub_offline():
+            raise HubOfflineError(
+                f"hub.repo_id is {recipe.hub.repo_id!r} but HF_HUB_OFFLINE=1: unset hub.repo_id, or go online."
+            )
+    judge = recipe.judge.name_or_path or f"{recipe.model.name_or_path} (the generator)"
+    options = sorted({o for asked in critic_options.values() for o in asked} | {*evaluation_options})
+    return [
+        f"generator: {recipe.model.name_or_path}"
+        + (f" + adapter {recipe.model.adapter}" if recipe.model.adapter else ""),
+        f"judge: {judge}; answer options {options} are single tokens",
+        f"experts: {', '.join(recipe.critic.experts)}",
+        f"evaluation: {', '.join(recipe.evaluation.measurements)}",
+        f"{seed}; users: {recipe.personas.source}",
+        f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}",
+    ]
