@@ -29,17 +29,6 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
 
         if not tiny_models_ready(recipe.loop.tiny_models_dir):
             return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
-    seed_path = recipe.seed.path
-    seed_dir = Path(run_dir) / "seed" if run_dir else None
-    if seed_dir and read_stage(seed_dir):  # imported already (a resumed or reproduced run): not read again
-        seed = f"seed: imported in {seed_dir}"
-    elif not seed_path:
-        raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
-    else:
-        try:
-            seed = f"seed: {seed_path} ({recipe.seed.format or guess_format(seed_path)})"
-        except SeedDataError as error:
-            raise StageInputError(f"seed.path: {error}") from None
     check_spec(recipe.model, "generator")
     check_spec(recipe.judge_spec(), "judge")
     if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
@@ -60,6 +49,17 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
             raise RecipeError(f"{error} It is asked by evaluation.measurements: {asked}.") from None
     if recipe.critic.toxicity_model and "toxicity" in recipe.evaluation.measurements:
         check_available(recipe.critic.toxicity_model, "toxicity classifier")
+    seed_path = recipe.seed.path
+    seed_dir = Path(run_dir) / "seed" if run_dir else None
+    if seed_dir and read_stage(seed_dir):  # imported already (a resumed or reproduced run): not read again
+        seed = f"seed: imported in {seed_dir}"
+    elif not seed_path:
+        raise StageInputError("The recipe has no seed data: set `seed.path` (SPC CSV, JSONL, folder or Hub id).")
+    else:
+        try:
+            seed = f"seed: {seed_path} ({recipe.seed.format or guess_format(seed_path)})"
+        except SeedDataError as error:
+            raise StageInputError(f"seed.path: {error}") from None
     if recipe.hub.repo_id:
         from .hub import HubOfflineError, hub_offline
 

@@ -119,3 +119,7 @@ def test_check_reports_what_a_run_would_use_and_writes_nothing(tiny_models, tmp_
     assert "The judge model was not found" in capsys.readouterr().err
     assert main(["check", "--config", str(recipe), "--critic.experts", "[faithfulness, toxicty]"]) == 2
     assert "toxicty" in capsys.readouterr().err
+    no_seed = tmp_path / "no-seed.yaml"
+    no_seed.write_text(yaml.safe_dump({"model": {"name_or_path": generator}}))
+    assert main(["check", "--config", str(no_seed)]) == 2
+    assert "set `seed.path`" in capsys.readouterr().err

@@ -336,8 +336,10 @@ def test_check_experts_refuses_unknown_experts_and_classifiers_without_their_lab
 
 
 def recipe_for(model_dir: str, measurements: tuple[str, ...] = ("statistics",), **critic) -> Recipe:
+    from spc_train.tiny import default_seed_path
+
     return Recipe(
-        seed=SeedConfig(),
+        seed=SeedConfig(path=str(default_seed_path())),
         model=GeneratorConfig(name_or_path=model_dir),
         judge=JudgeConfig(),
         personas=PersonasConfig(),
