@@ -163,10 +163,10 @@ def make_tiny(args) -> int:
 def export(args) -> int:
     """A finished stage's rows of one iteration (or all) as SPC CSV, JSON Lines or a datasets folder."""
     from .data import export_records
-    from .runs import RunDir, StageInputError, load_rows, read_stage, save_rows
+    from .runs import RunDir, StageInputError, load_rows, save_rows
 
     run, stage = RunDir(args.run_dir), EXPORTS[args.what]
-    finished = [k for k in run.iterations() if read_stage(run.stage_dir(stage, k))]
+    finished = run.finished(stage)
     if not finished:
         raise StageInputError(
             f"{run.root} has no finished `{stage}` stage to export: run `spc-train loop` on it first."

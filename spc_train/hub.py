@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .hub_cards import dataset_card, finished_iterations, model_card, run_recipe, seed_is_spc
+from .hub_cards import dataset_card, model_card, run_recipe, seed_is_spc
 from .runs import RunDir, load_rows, read_stage, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def stage_dataset(
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    iterations = finished_iterations(run)
+    iterations = run.finished("selected")
     units: dict[str, dict[str, Path]] = {}
     configs, rows_per_config = [], {}
     for k in iterations:
@@ -165,7 +165,7 @@ def stage_dataset(
 def stage_adapters(run: RunDir, out: Path, dataset_repo: str) -> dict[str, dict[str, Path]]:
     """Lay out each adapter branch (and main) under `out`; returns revision -> {path in repo: local file}."""
     shutil.rmtree(out, ignore_errors=True)
-    iterations = [k for k in finished_iterations(run) if read_stage(run.stage_dir("adapter", k))]
+    iterations = [k for k in run.finished("selected") if read_stage(run.stage_dir("adapter", k))]
     revisions = [(f"iter-{k:02d}", k) for k in iterations] + ([("main", iterations[-1])] if iterations else [])
     units = {}
     for revision, k in revisions:
@@ -225,7 +225,7 @@ def push_run(
             "Unset HF_HUB_OFFLINE to push."
         )
     run = RunDir(run_dir)
-    if not finished_iterations(run):
+    if not run.finished("selected"):
         raise PushError(
             f"{run.root} has no finished iteration (no iter-NN/selected/stage.json): nothing to push.", [], []
         )

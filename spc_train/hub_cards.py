@@ -33,10 +33,6 @@ SPC_ATTRIBUTION = (
 
 
 # -- reading the run --------------------------------------------------------------------------------------------------
-def finished_iterations(run: RunDir) -> list[int]:
-    return [k for k in run.iterations() if read_stage(run.stage_dir("selected", k))]
-
-
 def run_recipe(run: RunDir) -> dict[str, Any]:
     path = run.root / "recipe.yaml"
     return yaml.safe_load(path.read_text()) if path.exists() else {}
@@ -135,7 +131,7 @@ def dataset_card(
     if spc:
         meta["source_datasets"] = [SPC_DATASET]
     meta["configs"] = configs
-    columns = [f"iter-{k:02d}" for k in finished_iterations(run)]
+    columns = [f"iter-{k:02d}" for k in run.finished("selected")]
     metrics = iteration_metrics(run)
     columns = (["seed"] if any("seed" in v for v in metrics.values()) else []) + columns
     config_lines = ["| config | rows | content |", "|---|---|---|"]

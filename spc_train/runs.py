@@ -145,6 +145,10 @@ class RunDir:
     def iterations(self) -> list[int]:
         return sorted(int(p.name[5:]) for p in self.root.glob("iter-[0-9][0-9]") if p.is_dir())
 
+    def finished(self, stage: str) -> list[int]:
+        """The iterations whose `stage` folder is finished (has its `stage.json`)."""
+        return [k for k in self.iterations() if read_stage(self.stage_dir(stage, k))]
+
     def is_done(self, folder: Path, fp: str) -> bool:
         record = read_stage(folder)
         return record is not None and record.get("fingerprint") == fp
