@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,12 @@ def _source_identity(path: str | None) -> str | None:
     return path
 
 
-def _processes() -> int:
+def _write_metrics(measured: dict, out: Path) -> dict:
+    """An evaluate stage's output: its one row of metrics, measured beforehand by every process."""
     from accelerate import PartialState
 
-    return PartialState().num_processes
+    save_rows([measured["metrics"]], out)
+    return {"metrics": measured["metrics"], "processes": PartialState().num_processes}
 
 
 def _mean(values) -> float:
@@ -461,7 +464,6 @@ class Loop:
     def stage_critique(self, iteration: int) -> str:
         """Critiques. Every process scores its shards of user pairs (data parallel); the main process merges them."""
         import shutil
-        from functools import partial
 
         from accelerate import PartialState
 
@@ -672,11 +674,8 @@ class Loop:
                 seed=recipe.loop.seed,
             )
 
-        def write(out: Path) -> dict:
-            save_rows([measured["metrics"]], out)
-            return {"metrics": measured["metrics"], "processes": _processes()}
-
         inputs = [seed_fp, pairs_fp]
+        write = partial(_write_metrics, measured)
         return self._stage("eval", None, spec["config"], inputs, spec["models"], write, parallel=measure)
 
     def stage_evaluate(self, iteration: int) -> str:
@@ -723,17 +722,14 @@ class Loop:
                 else:
                     metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
 
-        def write(out: Path) -> dict:
-            save_rows([measured["metrics"]], out)
-            return {"metrics": measured["metrics"], "processes": _processes()}
-
         config = {**spec["config"], "experts": recipe.critic.experts}
+        write = partial(_write_metrics, measured)
         return self._stage("eval", iteration, config, inputs, spec["models"], write, parallel=measure)
 
     def stage_report(self) -> str:
         from .evaluation.summary import write_run_report
 
-        iterations = [k for k in self.run.iterations() if read_stage(self.run.stage_dir("eval", k))]
+        iterations = self.run.finished("eval")
         inputs = [self._input("seed")[1], self._input("pairs", command="pair-users")[1]]
         inputs += [self._input("eval", None, "evaluate-seed")[1]]
         inputs += [self._input("eval", k, "evaluate")[1] for k in iterations]

@@ -31,7 +31,8 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
             return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
     check_spec(recipe.model, "generator")
     check_spec(recipe.judge_spec(), "judge")
-    if recipe.critic.toxicity_model and "toxicity" in recipe.critic.experts:
+    toxicity_used = "toxicity" in recipe.critic.experts or "toxicity" in recipe.evaluation.measurements
+    if recipe.critic.toxicity_model and toxicity_used:  # the critic's filter, and the evaluation's rate
         check_available(recipe.critic.toxicity_model, "toxicity classifier")
     if recipe.personas.source != "seed":
         from .nli import check_nli
@@ -47,8 +48,6 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
         except JudgeError as error:
             asked = recipe.evaluation.measurements
             raise RecipeError(f"{error} It is asked by evaluation.measurements: {asked}.") from None
-    if recipe.critic.toxicity_model and "toxicity" in recipe.evaluation.measurements:
-        check_available(recipe.critic.toxicity_model, "toxicity classifier")
     seed_path = recipe.seed.path
     seed_dir = Path(run_dir) / "seed" if run_dir else None
     if seed_dir and read_stage(seed_dir):  # imported already (a resumed or reproduced run): not read again
