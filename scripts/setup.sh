@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Create .venv and install spc_train with its dev extras. Idempotent: a second run with an unchanged
-# pyproject.toml does nothing. torch is installed first, pinned, so pip never pulls the multi-GB CUDA build
-# on a CPU machine (set TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to choose a build).
+# Create .venv and install spc_train with its dev extras at the exact versions of requirements.lock (what the suite
+# last passed with; SPC_UNLOCKED=1 takes the newest that pyproject.toml admits, to refresh the lock: scripts/lock.sh).
+# Idempotent: a second run with unchanged pyproject.toml, lock and script does nothing. torch is installed first,
+# pinned, so pip never pulls the multi-GB CUDA build on a CPU machine (set TORCH_INDEX_URL, e.g.
+# https://download.pytorch.org/whl/cu128, to choose a build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-stamp=".venv/.spc-train-installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.spc-train-installed-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)"
 
-if [ -f "$stamp" ]; then
+if [ -f "$stamp" ] && [ -z "${SPC_UNLOCKED:-}" ]; then
   exit 0
 fi
 echo "[setup] creating .venv and installing spc_train (about a minute)"
@@ -25,7 +27,14 @@ fi
 find_links=()
 links=$(.venv/bin/pip config get global.find-links 2>/dev/null || true)
 for link in $links; do find_links+=(--find-links "$link"); done
-.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode -q "${find_links[@]}" -e ".[dev]"
+if [ -n "${SPC_UNLOCKED:-}" ]; then
+  locked=(--upgrade)
+else
+  locked=(-r requirements.lock)
+fi
+echo "torch==${TORCH_VERSION}" > .venv/torch-constraint.txt  # the torch installed above stays
+.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode -q "${find_links[@]}" \
+  --constraint .venv/torch-constraint.txt "${locked[@]}" -e ".[dev]"
 rm -f .venv/.spc-train-installed-*
 touch "$stamp"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, trl; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)')"
