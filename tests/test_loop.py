@@ -285,26 +285,34 @@ def test_killed_critique_resumes_to_the_same_critiques(demo_run, tmp_path):
 
 
 def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(demo_run, tmp_path):
-    """kill -9 right after checkpoint-2 is saved; the same command resumes there and ends with the same adapter."""
+    """kill -9 right after checkpoint-2 is saved; the same command resumes there and ends with the same adapter.
+
+    Every arm runs as a fresh `spc-train` process with the same environment, as a user's commands do. (The reference
+    once came from the pytest process itself, whose library state ~250 earlier tests had changed: on a busy machine
+    it differed from a fresh process in the last bits, while fresh processes agree bit for bit.)"""
     import signal
 
     from safetensors.torch import load_file
 
     recipe, run = demo_run
     stages = ["seed", "pairs", "iter-00/candidates", "iter-00/critiques", "iter-00/selected", "iter-00/train"]
-    copy = copy_run(run, tmp_path / "run", stages)
-    command = ["train", "--config", str(recipe), "--run_dir", str(copy), "--iteration", "0"]
-    patch = ["transformers", "Trainer", "_save_checkpoint", "1"]
-    assert run_killed(tmp_path, patch, command) == -signal.SIGKILL
-    checkpoints = copy / "iter-00" / ".adapter.checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]
-    assert read_stage(copy / "iter-00" / "adapter") is None
+    runs = {name: copy_run(run, tmp_path / name, stages) for name in ("uninterrupted", "resumed")}
 
-    assert main(command) == 0
-    stats = read_stage(copy / "iter-00" / "adapter")
+    def command(folder: Path) -> list[str]:
+        return ["train", "--config", str(recipe), "--run_dir", str(folder), "--iteration", "0"]
+
+    patch = ["transformers", "Trainer", "_save_checkpoint"]
+    assert run_killed(tmp_path, [*patch, "0"], command(runs["uninterrupted"])) == 0  # trigger 0: never killed
+    assert run_killed(tmp_path, [*patch, "1"], command(runs["resumed"])) == -signal.SIGKILL
+    checkpoints = runs["resumed"] / "iter-00" / ".adapter.checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert read_stage(runs["resumed"] / "iter-00" / "adapter") is None
+
+    assert run_killed(tmp_path, [*patch, "0"], command(runs["resumed"])) == 0
+    stats = read_stage(runs["resumed"] / "iter-00" / "adapter")
     assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 4
     assert not checkpoints.exists()
-    ours, theirs = (load_file(r / "iter-00" / "adapter" / "adapter_model.safetensors") for r in (copy, run))
+    ours, theirs = (load_file(r / "iter-00" / "adapter" / "adapter_model.safetensors") for r in runs.values())
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
