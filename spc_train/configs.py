@@ -10,15 +10,103 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# -- range rules ---------------------------------------------------------------------------------------------------
+# Each section lists its rules next to its fields (`_rules`), so `spc-train check` refuses a bad value where it is
+# parsed, in one line, instead of a stage failing on it hours later. A rule is (predicate, what is allowed).
+
+Rule = tuple[Callable[[Any], bool], str]
+
+AT_LEAST_1: Rule = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0: Rule = (lambda v: v >= 0, "at least 0")
+POSITIVE: Rule = (lambda v: v > 0, "above 0")
+PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+# A hard filter fails a candidate whose probability is at least the threshold: above 1, it fails none (filter off).
+FILTER_THRESHOLD: Rule = (lambda v: v >= 0, "at least 0 (a probability; above 1 turns the filter off)")
+NOT_EMPTY: Rule = (lambda v: bool(v.strip()) if isinstance(v, str) else bool(v), "not empty")
+
+
+def optional(rule: Rule, meaning: str) -> Rule:
+    """`rule`, or null where null has a documented meaning (`meaning`: what null does). An empty string counts as
+    null: it is how the command line unsets a field (`--loop.tiny_models_dir ""`), and the code reads it so."""
+    return (lambda v: v is None or v == "" or rule[0](v)), f"{rule[1]}, or null for {meaning}"
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return (lambda v: v in choices), "one of " + ", ".join(choices)
+
+
+def each_of(choices: tuple[str, ...]) -> Rule:
+    return (lambda v: all(name in choices for name in v)), "names from " + ", ".join(choices)
+
+
+class FieldValueError(ValueError):
+    """A field outside its range; `parse_recipe` prefixes the section, so the message reads `section.field ...`."""
+
+    def __init__(self, name: str, value: Any, allowed: str):
+        super().__init__(f"{name} must be {allowed}, got {value!r}.")
+        self.field = name
+
+
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """What `value` should have been, when it is not of the field's type: YAML hands non-string values over as
+    written (`top_k: 4.5`, `experts: depth`), and no parser converts them."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    nullable = type(None) in typing.get_args(annotation)
+    kind = args[0] if nullable else annotation
+    if value is None and nullable:
+        return None
+    if typing.get_origin(kind) is list:
+        (inner,) = typing.get_args(kind)
+        ok = isinstance(value, list) and all(isinstance(v, inner) for v in value)
+        wanted = f"a list of {inner.__name__}"
+    else:
+        numbers = (int, float) if kind is float else (kind,)
+        ok = isinstance(value, numbers) and (kind is bool or not isinstance(value, bool))
+        wanted = f"{'an' if kind is int else 'a'} {kind.__name__}"
+    return None if ok else f"{wanted} or null" if nullable else wanted
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field types resolved from the annotations (strings here, and rewritten in place by HfArgumentParser)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+class _Checked:
+    """Checks every field's type, then the section's range rules, when the dataclass is built."""
+
+    def _rules(self) -> dict[str, Rule]:
+        return {}
+
+    def __post_init__(self):
+        for name, annotation in _field_types(type(self)).items():
+            if problem := _type_problem(annotation, getattr(self, name)):
+                raise FieldValueError(name, getattr(self, name), problem)
+        for name, (predicate, allowed) in self._rules().items():
+            if not predicate(getattr(self, name)):
+                raise FieldValueError(name, getattr(self, name), allowed)
+
+
+# The readers' formats (`spc_train.data.FORMATS`; a test keeps the two equal without importing `datasets` here).
+SEED_FORMATS = ("spc-csv", "personachat", "jsonl", "dataset", "hub")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+HUB_REPO: Rule = (lambda v: bool(_HUB_REPO.match(v)), "a Hub id ORG/NAME")
+
 
 @dataclass
-class SeedConfig:
+class SeedConfig(_Checked):
     """Where the seed conversations come from (few-shot pool at iteration 0, seed pairs, evaluation reference)."""
 
     path: str | None = field(
@@ -38,9 +126,16 @@ class SeedConfig:
         default=False, metadata={"help": "Rewrite name placeholders like `[user 1's name]` to one canonical form."}
     )
 
+    # `path` is checked by `check` (does it exist, which format is it), `split` by the reader.
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "format": optional(one_of(SEED_FORMATS), "a guess from the path"),
+            "max_conversations": optional(AT_LEAST_1, "all"),
+        }
+
 
 @dataclass
-class ModelSpec:
+class ModelSpec(_Checked):
     """One model role (generator, judge, classifiers). Hub ids and local paths load through the same code."""
 
     name_or_path: str | None = field(default=None, metadata={"help": "Hub model id or local folder."})
@@ -55,6 +150,10 @@ class ModelSpec:
         default=False, metadata={"help": "Allow custom modelling code from the model repository (opt-in)."}
     )
 
+    # Names, paths and revisions are free text: typed here, found (or not) by `check` before any work.
+    def _rules(self) -> dict[str, Rule]:
+        return {"dtype": one_of(DTYPES)}
+
 
 @dataclass
 class GeneratorConfig(ModelSpec):
@@ -67,6 +166,15 @@ class GeneratorConfig(ModelSpec):
         default=None, metadata={"help": "Modules to adapt; None lets PEFT pick the architecture's defaults."}
     )
 
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            **super()._rules(),
+            "lora_r": AT_LEAST_1,
+            "lora_alpha": POSITIVE,
+            "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "lora_target_modules": optional(NOT_EMPTY, "PEFT's defaults"),
+        }
+
 
 @dataclass
 class JudgeConfig(ModelSpec):
@@ -74,7 +182,7 @@ class JudgeConfig(ModelSpec):
 
 
 @dataclass
-class PersonaExpansionConfig:
+class PersonaExpansionConfig(_Checked):
     """Persona expansion (paper §3.1.1). Defaults follow the paper where it gives a number."""
 
     distance_threshold: float = field(
@@ -111,23 +219,23 @@ class PersonaExpansionConfig:
     max_words: int = field(default=30, metadata={"help": "Longest new attribute kept, in words."})
     batch_size: int = field(default=64, metadata={"help": "Prompts sent to `complete` per call."})
 
-    def __post_init__(self):
-        if not 0 < self.distance_threshold <= 2:
-            raise ValueError(
-                f"distance_threshold must be in (0, 2] (a cosine distance), got {self.distance_threshold}."
-            )
-        if not 0 < self.dedup_threshold <= 1:
-            raise ValueError(f"dedup_threshold must be in (0, 1] (a cosine similarity), got {self.dedup_threshold}.")
-        for name in (
-            "attributes_per_query_prompt",
-            "queries_per_prompt",
-            "attributes_per_persona_prompt",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.min_words > self.max_words:
-            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words}).")
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "distance_threshold": (lambda v: 0 < v <= 2, "in (0, 2] (a cosine distance)"),
+            "attributes_per_query_prompt": AT_LEAST_1,
+            "query_bootstrap_steps": AT_LEAST_0,  # 0: the induced queries only
+            "queries_per_prompt": AT_LEAST_1,
+            "attributes_per_persona_prompt": AT_LEAST_1,
+            "target_new_attributes": AT_LEAST_0,  # 0: no new attributes
+            "max_bootstrap_steps": AT_LEAST_0,
+            "dedup_threshold": (lambda v: 0 < v <= 1, "in (0, 1] (a cosine similarity)"),
+            "min_words": AT_LEAST_1,
+            "max_words": (lambda v: v >= self.min_words, f"at least min_words ({self.min_words})"),
+            "batch_size": AT_LEAST_1,
+        }
+
+
+PERSONA_SOURCES = ("seed", "generated", "both")
 
 
 @dataclass
@@ -162,12 +270,28 @@ class PersonasConfig(PersonaExpansionConfig):
     partners_per_user: int | None = field(default=None, metadata={"help": "Most partners per user."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens the LLM may write per query / attribute."})
 
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            **super()._rules(),
+            "source": one_of(PERSONA_SOURCES),
+            "num_pairs": optional(AT_LEAST_1, "all"),
+            "embedder": NOT_EMPTY,
+            "num_profiles": AT_LEAST_1,
+            "profile_size": AT_LEAST_1,
+            "redundancy_threshold": PROBABILITY,
+            "entailment_threshold": PROBABILITY,
+            "max_attempts": optional(AT_LEAST_1, "50 per attribute slot"),
+            "min_shared": AT_LEAST_0,
+            "partners_per_user": optional(AT_LEAST_1, "no cap"),
+            "max_new_tokens": AT_LEAST_1,
+        }
+
 
 GENERATION_BACKENDS = ("generate", "continuous")
 
 
 @dataclass
-class GenerationArguments:
+class GenerationArguments(_Checked):
     """Sampling candidate conversations (paper: top-k 40, temperature 0.7)."""
 
     num_candidates: int = field(default=4, metadata={"help": "Candidate conversations sampled per user pair."})
@@ -199,13 +323,24 @@ class GenerationArguments:
         },
     )
 
-    def __post_init__(self):
-        if self.backend not in GENERATION_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(GENERATION_BACKENDS)}, got '{self.backend}'.")
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "num_candidates": AT_LEAST_1,
+            "few_shot_examples": AT_LEAST_0,  # 0: zero-shot
+            "max_new_tokens": AT_LEAST_1,
+            "temperature": POSITIVE,
+            "top_k": AT_LEAST_1,
+            "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "max_prompt_tokens": optional(AT_LEAST_1, "context length - max_new_tokens"),
+            "batch_tokens": AT_LEAST_1,
+            "shard_size": AT_LEAST_1,
+            "min_turns": AT_LEAST_1,
+            "backend": one_of(GENERATION_BACKENDS),
+        }
 
 
 @dataclass
-class CriticConfig:
+class CriticConfig(_Checked):
     """The critic's experts (a registry keyed by name) and the selection rule."""
 
     experts: list[str] = field(
@@ -266,9 +401,22 @@ class CriticConfig:
         metadata={"help": "User pairs per critique shard: the unit of data parallelism and of resume."},
     )
 
+    # Expert names and the example count are the critic registry's to check (`check_experts`, run by `check` and
+    # before any work): the registry and its examples are where they are defined.
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "experts": (lambda v: len(set(v)) == len(v), "a list of distinct expert names"),
+            "faithfulness_threshold": FILTER_THRESHOLD,
+            "faithfulness_nli_threshold": FILTER_THRESHOLD,
+            "toxicity_threshold": FILTER_THRESHOLD,
+            "judge_context": optional(AT_LEAST_1, "the judge's own context length"),
+            "batch_tokens": AT_LEAST_1,
+            "shard_size": AT_LEAST_1,
+        }
+
 
 @dataclass
-class LoopConfig:
+class LoopConfig(_Checked):
     """The iteration driver."""
 
     iterations: int = field(default=3, metadata={"help": "Generator-Critic iterations (paper: 3)."})
@@ -285,13 +433,16 @@ class LoopConfig:
         default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
     )
 
-    def __post_init__(self):
-        if self.update not in ("continue", "fresh"):
-            raise ValueError(f"update must be `continue` or `fresh`, got '{self.update}'.")
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "iterations": AT_LEAST_1,
+            "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
+            "update": one_of(("continue", "fresh")),
+        }
 
 
 @dataclass
-class HubConfig:
+class HubConfig(_Checked):
     """Push each iteration's selected data and adapter to the Hub as the loop goes (`spc-train push` does it later)."""
 
     repo_id: str | None = field(
@@ -303,12 +454,18 @@ class HubConfig:
     private: bool = field(default=True, metadata={"help": "Create private repositories."})
     include_candidates: bool = field(default=False, metadata={"help": "Also push every candidate with its scores."})
 
+    def _rules(self) -> dict[str, Rule]:
+        return {"repo_id": optional(HUB_REPO, "no push"), "model_repo_id": optional(HUB_REPO, "repo_id")}
+
 
 MEASUREMENTS = ("statistics", "embedding", "toxicity", "next_utterance", "detection", "extraction", "llm_judge")
 
 
+LLM_JUDGE_FAMILIES = ("llm_eval", "gpt_score", "g_eval")
+
+
 @dataclass
-class EvaluationConfig:
+class EvaluationConfig(_Checked):
     """The paper's measurements (PAPER.md §3), per iteration and for the seed data: the `evaluate` stage."""
 
     measurements: list[str] = field(
@@ -325,7 +482,7 @@ class EvaluationConfig:
         metadata={"help": "Conversations per dataset the judge measurements use (the paper's studies: 200 pairs)."},
     )
     llm_judge_families: list[str] = field(
-        default_factory=lambda: ["llm_eval", "gpt_score", "g_eval"],
+        default_factory=lambda: list(LLM_JUDGE_FAMILIES),
         metadata={"help": "LLM-judge families of the paper's Table 15: llm_eval, gpt_score, g_eval."},
     )
     extraction_threshold: float = field(
@@ -335,10 +492,14 @@ class EvaluationConfig:
         default=20, metadata={"help": "Next-utterance prediction: candidates per context (1 true + distractors)."}
     )
 
-    def __post_init__(self):
-        unknown = [name for name in self.measurements if name not in MEASUREMENTS]
-        if unknown:
-            raise ValueError(f"unknown measurement(s) {unknown}; choose from {', '.join(MEASUREMENTS)}")
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            "measurements": each_of(MEASUREMENTS),  # empty: evaluate nothing
+            "judged_conversations": AT_LEAST_1,
+            "llm_judge_families": each_of(LLM_JUDGE_FAMILIES),
+            "extraction_threshold": PROBABILITY,
+            "ir_candidates": (lambda v: v >= 2, "at least 2 (1 true + distractors)"),
+        }
 
 
 def _sft_config():
@@ -484,6 +645,43 @@ def _unknown(what: str, name: str, known, where: str) -> str:
     return f"Unknown {what.format(name=name)} in {where}.{suggestion}"
 
 
+def _load_yaml(path: Path) -> Any:
+    """The recipe's YAML; a syntax error names the file, line and column (where to look), in one line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path} is not UTF-8 text (byte at offset {error.start}); save it as UTF-8.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise RecipeError(_one_line(f"Invalid YAML in {path}{at}: {detail}.")) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _ArgumentError(ValueError):
+    """argparse's complaint about one option, raised instead of printing usage and exiting."""
+
+
+def _raise_argument_error(message: str):
+    raise _ArgumentError(message)
+
+
+def _invalid(section: str, error: BaseException) -> str:
+    """The one-line reason of a bad value, naming `section.field` where the error knows its field."""
+    if isinstance(error, FieldValueError):
+        return f"{section}.{error}"
+    text = _one_line(str(error))
+    if isinstance(error, _ArgumentError):  # "argument --top_k/--top-k: invalid int value: 'x'"
+        text = re.sub(r"^argument --([\w.-]+)(?:/--[\w.-]+)*: ", lambda m: f"{section}.{m.group(1)}: ", text)
+    return text
+
+
 def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML (sections of fields) and apply `--section.field value` overrides."""
     from trl import TrlParser
@@ -494,7 +692,7 @@ def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = N
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"Recipe not found: {path}. Recipes live in recipes/<model>/loop.yaml.")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = _load_yaml(path) or {}
         if not isinstance(config, dict):
             raise RecipeError(f"{path} must hold a YAML mapping of sections ({', '.join(SECTIONS)}).")
     for name in config:
@@ -504,6 +702,8 @@ def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = N
             )
 
     parsers = {name: TrlParser([_section_class(name)]) for name in SECTIONS}
+    for parser in parsers.values():
+        parser.error = _raise_argument_error  # a bad value is a RecipeError, not usage text and exit status 2
     section_flags = {name: {a.dest for a in parser._actions if a.dest != "help"} for name, parser in parsers.items()}
     routed = _split_cli(list(overrides or []), section_flags)
 
@@ -524,7 +724,7 @@ def parse_recipe(path: str | Path | None = None, overrides: list[str] | None = N
             else:
                 (parsed[name],) = parser.parse_args_into_dataclasses(args=routed[name])
         except (SystemExit, ValueError, TypeError) as error:
-            raise RecipeError(f"Invalid value in section '{name}' of {where}: {error}") from error
+            raise RecipeError(f"Invalid value in section '{name}' of {where}: {_invalid(name, error)}") from error
     return Recipe(**parsed, path=str(path) if path else None)
 
 

@@ -1,3 +1,4 @@
+import codecs
 import csv
 import gzip
 import json
@@ -476,5 +477,132 @@ def test_unreadable_input_is_a_seed_data_error(tmp_path):
         read_seed(path)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("1 caf\xe9\tok\n".encode("latin-1"))
-    with pytest.raises(SeedDataError, match="cannot read"):
+    with pytest.raises(SeedDataError, match=r"latin.txt is not UTF-8 text \(byte 0xe9 at offset 5\); convert it"):
         read_seed(latin)
+
+
+# What a seed must be: some usable records, text, in the format it is read as
+
+
+def test_a_header_only_csv_is_an_error_that_says_what_was_read(tmp_path):
+    path = write_csv(tmp_path / "empty.csv", [])
+    for kwargs in ({}, {"limit": 5}, {"format": "spc-csv"}):
+        with pytest.raises(SeedDataError) as error:
+            read_seed(path, **kwargs)
+        message = str(error.value)
+        assert message.startswith(f"{path} has no usable spc-csv conversations (read 0 rows: 0 kept, 0 malformed)")
+        assert "needs rows under its header with both personas" in message and "\n" not in message
+    bad = write_csv(tmp_path / "bad.csv", [["I ski.", "", "User 1: Hi\nUser 2: Yo"], ["I ski.", "I run.", " "]])
+    with pytest.raises(SeedDataError, match=r"read 2 rows: 0 kept, 2 malformed \(row 1: empty user 2 persona; row 2"):
+        read_seed(bad, limit=1)
+    with pytest.raises(SeedDataError, match="limit must be at least 1"):
+        read_seed(SAMPLE_CSV, limit=0)
+
+
+def test_an_empty_jsonl_or_dataset_is_an_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(SeedDataError, match="has no usable jsonl conversations .read 0 rows"):
+        read_seed(tmp_path / "empty.jsonl")
+    from datasets import Dataset
+
+    Dataset.from_dict({name: [] for name in RECORD_FEATURES}, features=RECORD_FEATURES).save_to_disk(
+        tmp_path / "empty"
+    )
+    with pytest.raises(SeedDataError, match="as it does on a dataset saved with 0 rows"):
+        read_seed(tmp_path / "empty")
+    records_to_dataset([make_record(user1_persona=[], user2_persona=[])]).save_to_disk(tmp_path / "bad")
+    with pytest.raises(SeedDataError, match=r"has no usable dataset conversations \(read 1 rows: 0 kept, 1 malformed"):
+        read_seed(tmp_path / "bad")
+
+
+def encode(text: str, encoding: str) -> bytes:
+    """`text` as `encoding`, with the byte-order mark a spreadsheet's "Unicode text" export writes."""
+    boms = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE, "utf-32-le": codecs.BOM_UTF32_LE}
+    return boms.get(encoding, b"") + text.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8-sig", "utf-32-le"])
+@pytest.mark.parametrize("name", ["seed.csv", "seed.csv.gz"])
+def test_a_csv_with_a_byte_order_mark_reads_like_utf8(tmp_path, encoding, name):
+    data = encode(SAMPLE_CSV.read_text(encoding="utf-8"), encoding)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert guess_format(path) == "spc-csv"
+    result, expected = read_seed(path, limit=50), read_seed(SAMPLE_CSV, limit=50)
+    assert [r["turns"] for r in result.records] == [r["turns"] for r in expected.records]
+    assert result.records[0]["user1_persona"] == expected.records[0]["user1_persona"]
+    assert result.records[0]["user1_persona"][0] == "I love to bake cookies."  # no mark left in the first cell
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_clearly(tmp_path):
+    path = tmp_path / "seed.csv"
+    path.write_bytes(SAMPLE_CSV.read_text(encoding="utf-8").encode("utf-16-le"))
+    for call in (guess_format, read_seed, lambda p: read_seed(p, format="spc-csv")):
+        with pytest.raises(SeedDataError, match=r"seed.csv is not UTF-8 text \(NUL byte at offset 1: UTF-16 without"):
+            call(path)
+
+
+def test_non_utf8_bytes_name_the_file_byte_and_offset(tmp_path):
+    text = SAMPLE_CSV.read_text(encoding="utf-8")
+    at = text.index("Knitting")  # first row, so guessing the format finds it too
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes(text[:at].encode() + b"\x93" + text[at:].encode())
+    for call in (guess_format, read_seed, lambda p: read_seed(p, format="spc-csv")):
+        with pytest.raises(SeedDataError) as error:
+            call(path)
+        assert str(error.value) == (
+            f"{path} is not UTF-8 text (byte 0x93 at offset {len(text[:at].encode())}); "
+            "convert it with `iconv -f <its encoding, e.g. latin1> -t utf-8`"
+        )
+    late = tmp_path / "late.jsonl.gz"  # past the first chunks the reader decodes: still the file's own offset
+    lines = [json.dumps(make_record(f"p-{i}")) for i in range(2000)]
+    raw = (
+        "\n".join(lines).encode()
+        + b"\n"
+        + json.dumps(make_record("caf\u00e9"), ensure_ascii=False).encode("latin-1")
+        + b"\n"
+    )
+    late.write_bytes(gzip.compress(raw))
+    offset = raw.index(b"\xe9")
+    with pytest.raises(SeedDataError, match=rf"byte 0xe9 at offset {offset} of the uncompressed data"):
+        read_seed(late)
+
+
+def test_personachat_read_of_an_spc_csv_is_refused_and_names_the_right_format():
+    with pytest.raises(SeedDataError) as error:
+        read_seed(SAMPLE_CSV, format="personachat")
+    message = str(error.value)
+    assert message.startswith(
+        f"{SAMPLE_CSV} does not look like personachat data (read 7 rows: 2 kept (2 with no persona and under 2 "
+        "turns), 5 malformed (row 1: episode 1 starting at line 1: lines 1, 2, 3 and 641 more do not start with a "
+        "line number;"
+    )
+    assert message.endswith("it looks like spc-csv: pass format='spc-csv' or leave the format unset")
+    assert "\n" not in message and len(message) < 600
+    for kwargs in ({"format": "personachat", "limit": 1}, {"format": "jsonl"}, {"format": "jsonl", "strict": True}):
+        with pytest.raises(SeedDataError, match="does not look like .* it looks like spc-csv"):
+            read_seed(SAMPLE_CSV, **kwargs)
+
+
+def test_spc_csv_read_of_a_personachat_file_says_what_it_looks_like(tmp_path):
+    path = tmp_path / "convai2.txt"
+    path.write_text(PERSONACHAT, encoding="utf-8")
+    with pytest.raises(
+        SeedDataError, match=r"missing SPC column.*; it looks like personachat: pass format='personachat'"
+    ):
+        read_seed(path, format="spc-csv")
+
+
+def test_numbered_lines_that_are_not_episodes_are_refused(tmp_path):
+    path = tmp_path / "todo.txt"
+    path.write_text("1 buy milk\n1 call mum\n1 fix the bike\n", encoding="utf-8")
+    with pytest.raises(SeedDataError, match="does not look like personachat data: no kept record has a persona or 2"):
+        read_seed(path)
+
+
+def test_content_beats_the_suffix_when_guessing(tmp_path):
+    (tmp_path / "spc.txt").write_bytes(SAMPLE_CSV.read_bytes())
+    (tmp_path / "records.txt").write_text(json.dumps(make_record()) + "\n", encoding="utf-8")
+    assert guess_format(tmp_path / "spc.txt") == "spc-csv"
+    assert guess_format(tmp_path / "records.txt") == "jsonl"
+    assert len(read_seed(tmp_path / "spc.txt").records) == 300

@@ -2,11 +2,14 @@
 
 Bad rows never vanish silently (the HF SPC loader drops rows it cannot parse without a word): each one is reported as
 `Malformed(row, reason)`, and `strict=True` turns any of them into an error. Lines inside a conversation that are not
-turns (stage directions, lists) do not make a row malformed; they are counted in `ReadResult.notes`.
+turns (stage directions, lists) do not make a row malformed; they are counted in `ReadResult.notes`. A read that keeps
+nothing, or keeps only what the wrong format makes of the data, is an error: a junk seed would run the whole loop.
 """
 
+import codecs
 import csv
 import gzip
+import itertools
 import json
 import os
 import re
@@ -28,6 +31,7 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 _FILE_SUFFIXES = (".csv", ".txt", ".gz", *_JSONL_SUFFIXES)
 _NOTES = ("skipped_lines", "rows_with_skipped_lines", "rows_with_name_placeholders")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PARLAI_LINE = re.compile(r"^\d+ \S")
 
 
 class SeedDataError(ValueError):
@@ -139,10 +143,60 @@ def _canonical(row: dict, default_id: str, source: str) -> dict:
     return {**{name: row[name] for name in RECORD_FIELDS if name in row}, **row}
 
 
+# (byte-order mark, codec that reads the text, codec of the bytes after the mark); UTF-32 before UTF-16 (same start).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32", "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32", "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8-sig", "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16", "utf-16-be"),
+)
+_NO_BOM = (b"", "utf-8", "utf-8")
+
+
+def _open_bytes(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _encoding(path: str) -> tuple[bytes, str, str]:
+    """The text encoding from the byte-order mark (spreadsheets save "Unicode text" as UTF-16 with one), else UTF-8.
+
+    NUL bytes without a mark are UTF-16 without one: refused here, since as UTF-8 they would read as garbage columns.
+    """
+    with _open_bytes(path) as f:
+        head = f.read(4096)
+    found = next((bom for bom in _BOMS if head.startswith(bom[0])), _NO_BOM)
+    if found is _NO_BOM and b"\x00" in head:
+        raise SeedDataError(
+            f"{path} is not UTF-8 text (NUL byte at offset {head.index(0)}: UTF-16 without a byte-order mark?); "
+            "convert it with `iconv -f UTF-16LE -t UTF-8` (or UTF-16BE)"
+        )
+    return found
+
+
 def _open_text(path: str):
+    encoding = _encoding(path)[1]
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rt", encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def _not_text(path: str) -> SeedDataError:
+    """Where the bytes stop being text in the file's encoding, and how to fix it; the read only says a chunk broke."""
+    bom, _, codec = _encoding(path)
+    with _open_bytes(path) as f:
+        data = f.read()
+    where = ""
+    try:
+        data[len(bom) :].decode(codec)
+    except UnicodeDecodeError as e:
+        offset = len(bom) + e.start
+        unpacked = " of the uncompressed data" if path.endswith(".gz") else ""
+        where = f" (byte 0x{data[offset]:02x} at offset {offset}{unpacked})"
+    name = codec.upper().removesuffix("-LE").removesuffix("-BE")
+    return SeedDataError(
+        f"{path} is not {name} text{where}; convert it with `iconv -f <its encoding, e.g. latin1> -t utf-8`"
+    )
 
 
 def _check_spc_header(header: list[str] | None, path: str) -> list[str]:
@@ -186,9 +240,9 @@ def _personachat_episodes(lines: Iterable[str]) -> Iterator[dict]:
         if episode is None or (number.isdigit() and int(number) <= previous):
             if episode is not None:
                 yield episode
-            episode = {"line": line_number, "personas": ([], []), "turns": [], "problems": []}
+            episode = {"line": line_number, "personas": ([], []), "turns": [], "unnumbered": []}
         if not number.isdigit():
-            episode["problems"].append(f"line {line_number} does not start with a line number")
+            episode["unnumbered"].append(line_number)
             continue
         previous = int(number)
         if rest.startswith("your persona:"):
@@ -202,6 +256,14 @@ def _personachat_episodes(lines: Iterable[str]) -> Iterator[dict]:
                     episode["turns"].append({"speaker": speaker, "text": text})
     if episode is not None:
         yield episode
+
+
+def _unnumbered(lines: list[int]) -> str:
+    """One short reason for an episode's lines without a number (a wrong-format file has thousands)."""
+    if len(lines) == 1:
+        return f"line {lines[0]} does not start with a line number"
+    more = f" and {len(lines) - 3} more" if len(lines) > 3 else ""
+    return f"lines {', '.join(map(str, lines[:3]))}{more} do not start with a line number"
 
 
 def _read_personachat(path: str, out: _Collector, split: str | None) -> None:
@@ -219,8 +281,8 @@ def _read_personachat(path: str, out: _Collector, split: str | None) -> None:
                 break
             out.result.rows_read += 1
             where = f"episode {number} starting at line {episode['line']}: "
-            if episode["problems"]:
-                out.bad(number, where + "; ".join(episode["problems"]))
+            if episode["unnumbered"]:
+                out.bad(number, where + _unnumbered(episode["unnumbered"]))
                 continue
             user1, user2 = (_persona(p) for p in episode["personas"])
             record = {"pair_id": f"{stem}-{number:06d}", "user1_persona": user1, "user2_persona": user2}
@@ -276,7 +338,13 @@ def _read_table(rows: Iterable[dict], columns: list[str], out: _Collector, id_pr
 def _read_dataset(path: str, out: _Collector, split: str | None) -> None:
     from datasets import DatasetDict, load_from_disk
 
-    dataset = load_from_disk(path)
+    try:
+        dataset = load_from_disk(path)
+    except IndexError as e:  # `save_to_disk` writes an empty dataset as 0 shards, which it then cannot load
+        raise SeedDataError(
+            f"{path}: `datasets.load_from_disk` fails on it ({type(e).__name__}: {e}), as it does on a dataset saved "
+            "with 0 rows; a seed needs at least one conversation"
+        ) from e
     name = Path(path).name
     if isinstance(dataset, DatasetDict):
         split = split or ("train" if "train" in dataset else None)
@@ -307,8 +375,30 @@ def _read_hub(path: str, out: _Collector, split: str | None) -> None:
 _READERS = dict(zip(FORMATS, (_read_spc_csv, _read_personachat, _read_jsonl, _read_dataset, _read_hub)))
 
 
+def _sniff(path: str) -> str | None:
+    """The format the first non-blank line shows (an SPC header, a JSON object, a numbered ParlAI line), or None.
+
+    Content, unlike a suffix, tells a Persona-Chat `.txt` from an SPC CSV saved as `.txt`. A file that cannot be
+    opened (a broken gzip) gives None: the reader reports it, with how far it got.
+    """
+    try:
+        with _open_text(path) as f:
+            line = next((line for line in itertools.islice(f, 100) if line.strip()), "").strip()
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
+    except (OSError, EOFError):
+        return None
+    if line.startswith("{"):
+        return "jsonl"
+    if _PARLAI_LINE.match(line):
+        return "personachat"
+    header = [name.strip() for name in next(csv.reader([line]), [])]
+    return "spc-csv" if all(name in header for name in SPC_COLUMNS) else None
+
+
 def guess_format(path: str | os.PathLike) -> str:
-    """Pick a reader from what `path` is: a file suffix, a `save_to_disk` folder, or an `owner/name` Hub id."""
+    """Pick a reader from what `path` is: its first line, else its suffix; a `save_to_disk` folder; an `owner/name`
+    Hub id."""
     path = str(path)
     name = Path(path).name.lower()
     if os.path.isdir(path):
@@ -318,10 +408,14 @@ def guess_format(path: str | os.PathLike) -> str:
             f"{path} is a directory but not a `save_to_disk` dataset (none of {list(_DATASET_MARKERS)})"
         )
     if os.path.isfile(path):
-        if name.endswith(".csv"):
-            with _open_text(path) as f:
-                _check_spc_header(next(csv.reader(f), None), path)
-            return "spc-csv"
+        try:
+            if sniffed := _sniff(path):
+                return sniffed
+            if name.endswith(".csv"):  # not an SPC header: say which columns it has
+                with _open_text(path) as f:
+                    _check_spc_header(next(csv.reader(f), None), path)
+        except UnicodeDecodeError:
+            raise _not_text(path) from None
         if name.endswith(".txt"):
             return "personachat"
         if name.endswith(_JSONL_SUFFIXES):
@@ -335,6 +429,53 @@ def guess_format(path: str | os.PathLike) -> str:
     raise SeedDataError(
         f"{path} is not an existing file or directory, nor an `owner/name` Hub dataset id; formats: {FORMATS}"
     )
+
+
+_WHAT_WORKS = {
+    "spc-csv": "an SPC CSV needs rows under its header with both personas and `User 1:`/`User 2:` lines",
+    "personachat": "a Persona-Chat file needs numbered ParlAI lines (`1 your persona: ...`, `2 hi<TAB>hello`)",
+    "jsonl": "a JSONL seed needs one JSON object per line with user1_persona, user2_persona and turns",
+    "dataset": f"a dataset needs rows with the canonical {list(CANONICAL_COLUMNS)} or the SPC columns",
+    "hub": f"a dataset needs rows with the canonical {list(CANONICAL_COLUMNS)} or the SPC columns",
+}
+
+
+def _looks_like(path: str, format: str) -> str | None:
+    """Another format that the file's content shows, when it was read as `format`."""
+    if format not in ("spc-csv", "personachat", "jsonl") or not os.path.isfile(path):
+        return None
+    try:
+        looks = guess_format(path)
+    except SeedDataError:
+        return None
+    return looks if looks != format else None
+
+
+def _check_usable(path: str, format: str, result: ReadResult) -> None:
+    """Refuse a read that kept nothing, or mostly junk because the format is wrong (an SPC CSV read as Persona-Chat
+    keeps a few persona-less one-turn "conversations" and would run the whole loop on them). Messy data in the right
+    format keeps working: its bad rows are reported, not fatal."""
+    kept = len(result.records)
+    thin = sum(not r["user1_persona"] and not r["user2_persona"] and len(r["turns"]) < 2 for r in result.records)
+    if kept and thin < kept and 2 * (len(result.malformed) + thin) <= result.rows_read:
+        return
+    counts = f"read {result.rows_read} rows: {kept} kept"
+    if thin:
+        counts += f" ({thin} with no persona and under 2 turns)"
+    counts += f", {len(result.malformed)} malformed"
+    if result.malformed:
+        counts += f" ({_describe(result.malformed, shown=2)})"
+    if looks := _looks_like(path, format):
+        problem = f"does not look like {format} data ({counts}); it looks like {looks}: pass format={looks!r} or "
+        problem += "leave the format unset"
+    elif not kept:
+        problem = f"has no usable {format} conversations ({counts}); {_WHAT_WORKS[format]}"
+    elif thin == kept:
+        problem = f"does not look like {format} data: no kept record has a persona or 2 turns ({counts}); "
+        problem += _WHAT_WORKS[format]
+    else:  # mostly bad rows, but nothing says another format would do better: messy data, reported as such
+        return
+    raise SeedDataError(" ".join(f"{path} {problem}".split()))  # one line, whatever the rows' reasons hold
 
 
 def read_seed(
@@ -351,7 +492,8 @@ def read_seed(
     `format` defaults to `guess_format(path)`. `limit` keeps the first N kept records and stops reading there.
     `split` picks a split of a DatasetDict folder (default "train") or of a Hub dataset. `normalize_names` rewrites the
     name placeholders in turns with `normalize_placeholders`. `strict=True` raises `SeedDataError` if any row is
-    malformed; otherwise malformed rows are listed in the result (see `ReadResult.summary()`).
+    malformed; otherwise malformed rows are listed in the result (see `ReadResult.summary()`). Reading no usable
+    record, or mostly junk from data that looks like another format, raises `SeedDataError`.
     """
     path = str(path)
     format = format or guess_format(path)
@@ -359,11 +501,20 @@ def read_seed(
         raise SeedDataError(f"unknown seed format {format!r}; formats: {FORMATS}")
     if format != "hub" and not os.path.exists(path):
         raise SeedDataError(f"{path}: no such file or directory")
+    if limit is not None and limit < 1:
+        raise SeedDataError(f"limit must be at least 1 (None reads everything), got {limit}")
     out = _Collector(limit, normalize_names)
     try:
         _READERS[format](path, out, split)
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
+    except (OSError, EOFError, csv.Error) as e:
         raise SeedDataError(f"cannot read {path} as {format} (after {out.result.rows_read} rows): {e}") from e
+    except SeedDataError as e:
+        if looks := _looks_like(path, format):
+            raise SeedDataError(f"{e}; it looks like {looks}: pass format={looks!r} or leave the format unset") from e
+        raise
+    _check_usable(path, format, out.result)
     if strict and out.result.malformed:
         bad = out.result.malformed
         raise SeedDataError(f"{path}: {len(bad)} malformed rows (strict=True): {_describe(bad, shown=50)}")
