@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,9 @@ def check_spec(spec: ModelSpec, role: str) -> None:
 @lru_cache(maxsize=64)
 def _folder_hash(folder: str, signature: tuple) -> str:
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if not path.is_file() or path.name == "stage.json" or relative.startswith(".") or "/." in relative:
-            continue
+    for relative, size, _ in signature:
         digest.update(relative.encode())
-        size = path.stat().st_size
-        with path.open("rb") as handle:
+        with (Path(folder) / relative).open("rb") as handle:
             if size <= _FULL_HASH_LIMIT:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
@@ -104,13 +101,22 @@ def _folder_hash(folder: str, signature: tuple) -> str:
     return digest.hexdigest()[:20]
 
 
-def folder_hash(folder: str | Path) -> str:
-    """Content hash of a model folder, cached while its files' sizes and times are unchanged."""
+def folder_hash(folder: str | Path, files: Iterable[str] | None = None) -> str:
+    """Content hash of a model or stage folder, cached while its files' sizes and times are unchanged.
+
+    With `files` (paths relative to the folder), only those count: a stage's `output_hash` covers the files it
+    wrote, not a `datasets` cache dropped in later. A listed file that is missing changes the hash.
+    """
     folder = Path(folder)
-    signature = tuple(
-        (p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()
-    )
-    return _folder_hash(str(folder.resolve()), signature)
+    paths = sorted(folder.rglob("*")) if files is None else sorted(folder / name for name in files)
+    signature = []
+    for path in paths:
+        relative = path.relative_to(folder).as_posix()
+        if not path.is_file() or path.name == "stage.json" or relative.startswith(".") or "/." in relative:
+            continue
+        stat = path.stat()
+        signature.append((relative, stat.st_size, stat.st_mtime_ns))
+    return _folder_hash(str(folder.resolve()), tuple(signature))
 
 
 def identity(name_or_path: str | None, revision: str | None = None) -> dict[str, Any] | None:
