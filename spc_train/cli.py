@@ -7,6 +7,7 @@ Usage:
     spc-train generate --config RECIPE --run_dir RUN --iteration 0
     spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
     spc-train report --run_dir RUN
+    spc-train status RUN
     spc-train reproduce --run_dir RUN --iteration 1
     spc-train push RUN --repo_id ORG/NAME [--public] [--include_candidates]
     spc-train export RUN --output spc.csv [--iteration K|all] [--what selected|candidates|sft]
@@ -14,15 +15,18 @@ Usage:
     spc-train make-tiny --output_dir tiny-models
 
 Stage commands read the recipe from `--config`, or from `RUN/recipe.yaml` when a run already exists; every recipe
-field can be overridden as `--section.field value`.
+field can be overridden as `--section.field value`. Commands that write hold `RUN/.lock`: one writer per run. Faults
+end in one line (exit 2: input, 1: environment or unexpected, 130: interrupted); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger("spc_train")
@@ -48,24 +52,39 @@ STAGES = {
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spc-train", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="Show the traceback of a fault (default: one line).")
+    parser = argparse.ArgumentParser(prog="spc-train", description=__doc__.split("\n\n")[0], parents=[common])
+    parser.add_argument("--version", action="version", version=f"spc-train {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    add = partial(commands.add_parser, parents=[common])
 
-    loop = commands.add_parser("loop", help="Run (or resume) the whole Generator-Critic loop.")
+    loop = add("loop", help="Run (or resume) the whole Generator-Critic loop.")
     loop.add_argument("--config", required=True, help="Recipe YAML, e.g. recipes/tiny/loop.yaml.")
-    loop.add_argument("--run_dir", required=True, help="Run directory (created, or resumed if it exists).")
+    loop.add_argument(
+        "--run_dir", "--run-dir", required=True, help="Run directory (created, or resumed if it exists)."
+    )
 
-    check = commands.add_parser("check", help="Check a recipe before a run: models, answer options, seed; no writes.")
+    check = add("check", help="Check a recipe before a run: models, answer options, seed; no writes.")
     check.add_argument("--config", required=True, help="Recipe YAML.")
 
+    status = add("status", help="Each stage of the run's recipe: done, stale (another recipe or inputs) or missing.")
+    status.add_argument("run_dir", help="Run directory.")
+    status.add_argument("--config", help="Recipe YAML to compare with (default: RUN/recipe.yaml).")
+
     for name, (_, iterated) in STAGES.items():
-        stage = commands.add_parser(name, help=f"Run the `{name}` stage alone on a run directory.")
-        stage.add_argument("--run_dir", required=True)
+        stage = add(name, help=f"Run the `{name}` stage alone on a run directory.")
+        stage.add_argument("--run_dir", "--run-dir", required=True)
         stage.add_argument("--config", help="Recipe YAML (default: RUN/recipe.yaml).")
+        stage.add_argument(
+            "--allow_stale", action="store_true", help="Run on inputs that the recipe, as it stands, would remake."
+        )
         if iterated:
             stage.add_argument("--iteration", type=int, required=True)
 
-    push = commands.add_parser("push", help="Upload a run's selected data and adapters to the Hugging Face Hub.")
+    push = add("push", help="Upload a run's selected data and adapters to the Hugging Face Hub.")
     push.add_argument("run_dir", help="Run directory.")
     push.add_argument("--repo_id", required=True, help="ORG/NAME: the dataset repo and the adapter (model) repo.")
     visibility = push.add_mutually_exclusive_group()
@@ -73,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
     visibility.add_argument("--public", dest="private", action="store_false", help="Public repos.")
     push.add_argument("--include_candidates", action="store_true", help="Also upload every candidate with its scores.")
 
-    export = commands.add_parser("export", help="Write a run's selected conversations (or candidates, SFT rows) out.")
+    export = add("export", help="Write a run's selected conversations (or candidates, SFT rows) out.")
     export.add_argument("run_dir", help="Run directory.")
     export.add_argument("--output", required=True, help="SPC CSV (.csv), JSON Lines (.jsonl[.gz]) or a folder.")
     export.add_argument("--iteration", default="last", help="An iteration number, `last` (default) or `all`.")
@@ -85,14 +104,12 @@ def make_parser() -> argparse.ArgumentParser:
         "prompt-completion rows the generator was trained on (JSON Lines or a folder).",
     )
 
-    again = commands.add_parser("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
-    again.add_argument("--run_dir", required=True)
+    again = add("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
+    again.add_argument("--run_dir", "--run-dir", required=True)
     again.add_argument("--iteration", type=int, required=True)
     again.add_argument("--work_dir", help="Where the re-run goes (default: a new temporary folder).")
 
-    seed = commands.add_parser(
-        "import-seed", help="Read seed conversations into canonical records (a datasets folder)."
-    )
+    seed = add("import-seed", help="Read seed conversations into canonical records (a datasets folder).")
     seed.add_argument(
         "--input", required=True, help="SPC CSV, Persona-Chat txt, JSONL(.gz), datasets folder or Hub id."
     )
@@ -103,7 +120,7 @@ def make_parser() -> argparse.ArgumentParser:
     seed.add_argument("--strict", action="store_true", help="Fail on any malformed row.")
     seed.add_argument("--normalize_names", action="store_true", help="Unify name placeholders like [user 1's name].")
 
-    tiny = commands.add_parser("make-tiny", help="Build the tiny offline generator, NLI and toxicity models.")
+    tiny = add("make-tiny", help="Build the tiny offline generator, NLI and toxicity models.")
     tiny.add_argument("--output_dir", required=True)
     tiny.add_argument("--seed_path", help="Seed conversations (default: the SPC sample shipped in the package).")
     tiny.add_argument("--warm_start_steps", type=int, default=150)
@@ -126,7 +143,9 @@ def _recipe(args, overrides: list[str]):
     if config is None:
         config = Path(args.run_dir) / "recipe.yaml"
         if not config.exists():
-            raise SystemExit(f"No --config given and {config} does not exist: pass --config RECIPE.")
+            from .runs import StageInputError
+
+            raise StageInputError(f"No --config given and {config} does not exist: pass --config RECIPE.")
     return parse_recipe(config, overrides)
 
 
@@ -165,7 +184,7 @@ def export(args) -> int:
     from .data import export_records
     from .runs import RunDir, StageInputError, load_rows, save_rows
 
-    run, stage = RunDir(args.run_dir), EXPORTS[args.what]
+    run, stage = RunDir(args.run_dir, _current(args.run_dir)), EXPORTS[args.what]
     finished = run.finished(stage)
     if not finished:
         raise StageInputError(
@@ -190,7 +209,72 @@ def export(args) -> int:
         export_records(rows, args.output)
     iterations = ", ".join(f"iter-{k:02d}" for k in chosen)
     print(f"wrote {len(rows)} {args.what} rows of {iterations} to {args.output}")
+    for label, why in run.left_out.items():
+        print(f"left out {label}: {why}")
     return 0
+
+
+def _current(run_dir: str) -> dict[str, str]:
+    """The fingerprints the run's recipe (`RUN/recipe.yaml`) gives its stages now: what export and push trust."""
+    from .configs import parse_recipe
+    from .loop import Loop
+    from .runs import StageInputError
+
+    recipe = Path(run_dir) / "recipe.yaml"
+    if not recipe.exists():
+        raise StageInputError(f"{run_dir} is not a run directory (no recipe.yaml): give the --run_dir of a run.")
+    return Loop(parse_recipe(recipe), run_dir).current_fingerprints()
+
+
+def status(args, overrides: list[str]) -> int:
+    """Each stage the recipe runs, in loop order, and whether its folder is what the recipe would make now."""
+    from .loop import Loop
+
+    plan = Loop(_recipe(args, overrides), args.run_dir).plan()
+    width = max(len(label) for label in plan)
+    for label, entry in plan.items():
+        print(f"{label:<{width}}  {entry['state']}")
+    counts = {state: sum(e["state"] == state for e in plan.values()) for state in ("done", "stale", "damaged")}
+    todo = len(plan) - counts["done"]
+    print(f"{counts['done']} of {len(plan)} stages done" + (f"; `spc-train loop` would run {todo}" if todo else ""))
+    return 0
+
+
+def report_read_only(loop) -> int:
+    """`report` on a run directory this user cannot write: build it in a temporary folder and print it."""
+    import tempfile
+
+    from .evaluation.summary import write_run_report
+
+    loop.run.current = loop.current_fingerprints()
+    with tempfile.TemporaryDirectory(prefix="spc-train-report-") as out:
+        write_run_report(loop.run, Path(out), loop.thresholds())
+        print((Path(out) / "report.md").read_text())
+    logger.warning("%s is read-only: the report was printed, not saved.", loop.run.root)
+    return 0
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (`os.access` says yes to root on a read-only mount)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _os_error(error: OSError) -> str:
+    """An environment fault in one line that says what to do."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left to write{where}: free some space, then re-run the same command to resume."
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {error.strerror}. Use a writable --run_dir, or fix the permissions."
+    if error.errno == errno.ENOENT:
+        return f"no such file or folder{where}."
+    return f"{error.strerror or error}{where}."
 
 
 def reproduce(args) -> int:
@@ -216,43 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runs import StageInputError
 
     try:
-        if args.command == "import-seed":
-            return import_seed(args)
-        if args.command == "make-tiny":
-            return make_tiny(args)
-        if args.command == "reproduce":
-            return reproduce(args)
-        if args.command == "export":
-            return export(args)
-        if args.command == "push":
-            from .hub import push_run
-
-            result = push_run(
-                args.run_dir, args.repo_id, private=args.private, include_candidates=args.include_candidates
-            )
-            print(result.summary())
-            return 0
-        from .evaluation.summary import format_summary
-        from .loop import Loop
-
-        if args.command == "check":
-            from .preflight import check_recipe
-
-            lines = check_recipe(_recipe(args, overrides))
-            print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
-            return 0
-        loop = Loop(_recipe(args, overrides), args.run_dir)
-        if args.command == "loop":
-            loop.run_all()
-            from accelerate import PartialState
-
-            if PartialState().is_main_process:
-                print(format_summary(loop.run))
-            return 0
-        method, iterated = STAGES[args.command]
-        loop.prepare()
-        getattr(loop, method)(*([args.iteration] if iterated else []))
-        return 0
+        return run_command(args, overrides)
     except (
         RecipeError,
         SeedDataError,
@@ -264,8 +312,79 @@ def main(argv: list[str] | None = None) -> int:
         HubOfflineError,
         PushError,
     ) as error:
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted; re-run the same command to resume.", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if args.debug:
+            raise
+        print(f"error: {_os_error(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a fault this package did not foresee: still one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def run_command(args, overrides: list[str]) -> int:
+    if args.command == "import-seed":
+        return import_seed(args)
+    if args.command == "make-tiny":
+        return make_tiny(args)
+    if args.command == "reproduce":
+        return reproduce(args)
+    if args.command == "export":
+        return export(args)
+    if args.command == "status":
+        return status(args, overrides)
+    from accelerate import PartialState
+
+    from .runs import RunDir
+
+    main_process = PartialState().is_main_process
+    if args.command == "push":
+        from .hub import push_run
+
+        with RunDir(args.run_dir).lock(main_process):
+            result = push_run(
+                args.run_dir,
+                args.repo_id,
+                private=args.private,
+                include_candidates=args.include_candidates,
+                current=_current(args.run_dir),
+            )
+        print(result.summary())
+        return 0
+    from .evaluation.summary import format_summary
+    from .loop import Loop
+
+    if args.command == "check":
+        from .preflight import check_recipe
+
+        lines = check_recipe(_recipe(args, overrides))
+        print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
+        return 0
+    loop = Loop(_recipe(args, overrides), args.run_dir, allow_stale=getattr(args, "allow_stale", False))
+    if args.command == "report" and loop.run.root.is_dir() and not _writable(loop.run.root):
+        return report_read_only(loop)
+    with loop.run.lock(main_process):
+        if args.command == "loop":
+            loop.run_all()
+            if main_process:
+                print(format_summary(loop.run))
+            return 0
+        method, iterated = STAGES[args.command]
+        loop.refuse_stale_inputs()
+        loop.prepare()
+        getattr(loop, method)(*([args.iteration] if iterated else []))
+        return 0
 
 
 if __name__ == "__main__":

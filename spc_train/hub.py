@@ -165,7 +165,7 @@ def stage_dataset(
 def stage_adapters(run: RunDir, out: Path, dataset_repo: str) -> dict[str, dict[str, Path]]:
     """Lay out each adapter branch (and main) under `out`; returns revision -> {path in repo: local file}."""
     shutil.rmtree(out, ignore_errors=True)
-    iterations = [k for k in run.finished("selected") if read_stage(run.stage_dir("adapter", k))]
+    iterations = sorted(set(run.finished("selected")) & set(run.finished("adapter")))
     revisions = [(f"iter-{k:02d}", k) for k in iterations] + ([("main", iterations[-1])] if iterations else [])
     units = {}
     for revision, k in revisions:
@@ -216,15 +216,17 @@ def push_run(
     include_candidates: bool = False,
     license: str | None = None,
     api: Any = None,
+    current: dict[str, str] | None = None,
 ) -> PushResult:
     """Push a run's selected data (dataset repo `repo_id`) and adapters (model repo `model_repo_id`, default the same
-    name) to the Hub, resuming from `RUN/push.json`. `api` defaults to `HfApi()`, which finds the token itself."""
+    name) to the Hub, resuming from `RUN/push.json`. `api` defaults to `HfApi()`, which finds the token itself.
+    `current` (`Loop.current_fingerprints`) leaves out stages the recipe, as it stands, would not make."""
     if hub_offline():
         raise HubOfflineError(
             "The Hugging Face Hub is switched off (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1): nothing was pushed. "
             "Unset HF_HUB_OFFLINE to push."
         )
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, current)
     if not run.finished("selected"):
         raise PushError(
             f"{run.root} has no finished iteration (no iter-NN/selected/stage.json): nothing to push.", [], []

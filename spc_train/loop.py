@@ -20,7 +20,17 @@ from typing import Any
 
 from .configs import ModelSpec, Recipe, save_recipe
 from .preflight import check_recipe
-from .runs import RunDir, StageInputError, fingerprint, load_rows, package_versions, read_shards, read_stage, save_rows
+from .runs import (
+    RunDir,
+    StageInputError,
+    fingerprint,
+    load_rows,
+    package_versions,
+    read_shards,
+    read_stage,
+    save_rows,
+    verify_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +57,48 @@ def _write_metrics(measured: dict, out: Path) -> dict:
     return {"metrics": measured["metrics"], "processes": PartialState().num_processes}
 
 
+def _empty_selection_cause(stats: dict) -> str:
+    """Which filter rejected how many candidates, from a selection's statistics."""
+    total = stats["candidates"]
+    if not total:
+        return "there were no candidates"
+    parts = [f"{1 - stats['parse_rate']:.0%} of {total} candidates did not parse"] if stats["parse_rate"] < 1 else []
+    parts += [f"`{name}` rejected {1 - rate:.0%}" for name, rate in stats["filter_pass_rates"].items() if rate < 1]
+    return "; ".join(parts) or "no candidate passed"
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
 
 
 class Loop:
-    def __init__(self, recipe: Recipe, run_dir: str | Path):
+    def __init__(self, recipe: Recipe, run_dir: str | Path, *, allow_stale: bool = False):
         self.recipe = recipe
         self.run = RunDir(run_dir)
+        self.allow_stale = allow_stale
         self._identities: dict[str, Any] = {}
+        self._plan: dict[str, dict] | None = None  # filled instead of running, while `plan()` walks the stages
+        self._current: dict[str, dict] | None = None  # the plan a single stage command checks its inputs against
+
+    def plan(self) -> dict[str, dict]:
+        """Every stage the recipe runs, in loop order, as `{label: {"state", "fingerprint"}}`: `done` (its folder
+        matches the recipe now), `stale` (made from another recipe or other inputs), `damaged` (a file changed) or
+        `missing`. Runs and writes nothing; a stale stage makes every stage after it that reads it stale too."""
+        self._plan = {}
+        try:
+            self._schedule()
+            return self._plan
+        finally:
+            self._plan = None
+
+    def refuse_stale_inputs(self) -> None:
+        """For a stage run alone: its inputs must be current (`plan`), unless `allow_stale`."""
+        self._current = None if self.allow_stale else self.plan()
+
+    def current_fingerprints(self) -> dict[str, str]:
+        """`{label: fingerprint}` of every stage of the recipe as it stands: what report, export and push trust."""
+        return {label: entry["fingerprint"] for label, entry in self.plan().items()}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -104,13 +146,33 @@ class Loop:
     # -- plumbing -------------------------------------------------------------------------------------------------
     def _input(self, stage: str, iteration: int | None = None, command: str | None = None) -> tuple[Path, str]:
         folder = self.run.stage_dir(stage, iteration)
+        label = folder.relative_to(self.run.root).as_posix()
+        if self._plan is not None and label in self._plan:
+            return folder, self._plan[label]["fingerprint"]
         record = read_stage(folder)
+        if self._plan is not None:  # an input the recipe does not schedule
+            return folder, record["fingerprint"] if record else "missing"
+        where = f" --iteration {iteration}" if iteration is not None else ""
         if record is None:
-            where = f" --iteration {iteration}" if iteration is not None else ""
             raise StageInputError(
                 f"{folder} is missing or unfinished: run `spc-train {command or stage}{where}` (or `spc-train loop`)."
             )
+        state = (self._current or {}).get(label, {}).get("state", "done")
+        if state != "done":
+            raise StageInputError(
+                f"{label} is {state} for this recipe (see `spc-train status`): re-run `spc-train {command or stage}"
+                f"{where}` first (or `spc-train loop`), or pass --allow_stale to use it as it is."
+            )
         return folder, record["fingerprint"]
+
+    def _optional_input(self, stage: str, iteration: int | None = None) -> str | None:
+        """The fingerprint of an input a stage uses when it exists (the adapter an evaluation reports on)."""
+        folder = self.run.stage_dir(stage, iteration)
+        label = folder.relative_to(self.run.root).as_posix()
+        if self._plan is not None and label in self._plan:
+            return self._plan[label]["fingerprint"]
+        record = read_stage(folder)
+        return record["fingerprint"] if record else None
 
     def _stage(
         self, name: str, iteration: int | None, config: Any, inputs: list[str], models: dict, write, parallel=None
@@ -126,6 +188,16 @@ class Loop:
         folder = self.run.stage_dir(name, iteration)
         fp = fingerprint(name, config, inputs, models, self.recipe.loop.seed)
         label = folder.relative_to(self.run.root).as_posix()
+        if self._plan is not None:
+            record = read_stage(folder)
+            if record is None:
+                state = "missing"
+            elif record.get("fingerprint") != fp:
+                state = "stale"
+            else:
+                state = "damaged" if verify_stage(folder) else "done"
+            self._plan[label] = {"state": state, "fingerprint": fp}
+            return fp
         if self.run.is_done(folder, fp):
             logger.info("skip %-22s (done, fingerprint %s)", label, fp)
             return fp
@@ -538,7 +610,9 @@ class Loop:
         def write(out: Path) -> dict:
             selected, stats = select(load_rows(critiques_dir), thresholds, policies)
             save_rows(selected, out)
-            if stats["pairs_without_survivor"]:
+            if not selected:
+                logger.warning("Iteration %d selected no conversation: %s.", iteration, _empty_selection_cause(stats))
+            elif stats["pairs_without_survivor"]:
                 logger.info(
                     "%d pairs have no candidate that passes the filters.", len(stats["pairs_without_survivor"])
                 )
@@ -686,15 +760,16 @@ class Loop:
         selected_dir, selected_fp = self._input("selected", iteration, "select")
         seed_dir, seed_fp = self._input("seed")
         inputs = [critiques_fp, selected_fp, seed_fp]
-        adapter = read_stage(self.run.stage_dir("adapter", iteration))
-        if adapter:
-            inputs.append(adapter["fingerprint"])
-        selection = read_stage(selected_dir)
+        adapter_fp = self._optional_input("adapter", iteration) if self.recipe.loop.train else None
+        if adapter_fp:
+            inputs.append(adapter_fp)
         spec, evaluators = self._evaluation_inputs()
         recipe = self.recipe
         measured: dict[str, Any] = {}
 
         def measure(fp: str) -> None:  # on every process: the judge divides its passes among them
+            adapter = read_stage(self.run.stage_dir("adapter", iteration)) if adapter_fp else None
+            selection = read_stage(selected_dir)
             critiques = load_rows(critiques_dir)
             selected = load_rows(selected_dir)
             seed = load_rows(seed_dir)
@@ -729,7 +804,11 @@ class Loop:
     def stage_report(self) -> str:
         from .evaluation.summary import write_run_report
 
-        iterations = self.run.finished("eval")
+        if self._plan is None:
+            self.run.current = self.current_fingerprints()  # iterations of this recipe, as it stands, only
+            iterations = self.run.finished("eval")
+        else:
+            iterations = list(range(self.recipe.loop.iterations))
         inputs = [self._input("seed")[1], self._input("pairs", command="pair-users")[1]]
         inputs += [self._input("eval", None, "evaluate-seed")[1]]
         inputs += [self._input("eval", k, "evaluate")[1] for k in iterations]
@@ -741,6 +820,10 @@ class Loop:
     # -- the loop -------------------------------------------------------------------------------------------------
     def run_all(self) -> None:
         self.prepare()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """The stages in loop order: run, or (while planning) only fingerprinted."""
         self.stage_seed()
         if self.recipe.personas.source != "seed":
             self.stage_personas()
@@ -751,6 +834,7 @@ class Loop:
             self.stage_generate(k)
             self.stage_critique(k)
             self.stage_select(k)
+            self._stop_if_nothing_selected(k)
             if self.recipe.loop.train:
                 self.stage_sft_data(k)
                 self.stage_train(k)
@@ -759,17 +843,27 @@ class Loop:
         self.stage_report()
         self.push()
 
+    def _stop_if_nothing_selected(self, iteration: int) -> None:
+        """An empty selection leaves nothing to train on or evaluate: the loop stops there, in one line."""
+        record = read_stage(self.run.stage_dir("selected", iteration))
+        if self._plan is None and record and record["rows"] == 0 and self.recipe.loop.train:
+            raise StageInputError(
+                f"Iteration {iteration} selected no conversation ({_empty_selection_cause(record)}), so there is "
+                "nothing to train on: lower that threshold or sample more candidates, then re-run the same command."
+            )
+
     def push(self) -> None:
         """Push what is finished to `hub.repo_id` (main process); the push ledger skips what is already there."""
         from accelerate import PartialState
 
         hub = self.recipe.hub
-        if hub.repo_id and PartialState().is_main_process:
+        if hub.repo_id and self._plan is None and PartialState().is_main_process:
             from .hub import push_run
 
             result = push_run(
                 self.run.root,
                 hub.repo_id,
+                current=self.current_fingerprints(),
                 model_repo_id=hub.model_repo_id,
                 private=hub.private,
                 include_candidates=hub.include_candidates,

@@ -225,8 +225,12 @@ def pending_shards(shards_dir: Path, num_shards: int, process_index: int = 0, nu
 class RunDir:
     """Paths and bookkeeping of one run: `RUN/seed`, `RUN/iter-00/candidates`, `RUN/report`, ..."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, current: dict[str, str] | None = None):
         self.root = Path(root)
+        # `{label: fingerprint}` of the recipe's stages as it stands (`Loop.current_fingerprints`): when set, a stage
+        # made by another recipe, or by an iteration the recipe no longer has, is not `finished`.
+        self.current = current
+        self.left_out: dict[str, str] = {}  # label -> why `finished` left it out
 
     def stage_dir(self, stage: str, iteration: int | None = None) -> Path:
         return self.root / stage if iteration is None else self.root / f"iter-{iteration:02d}" / stage
@@ -240,13 +244,21 @@ class RunDir:
         finished = []
         for k in self.iterations():
             folder = self.stage_dir(stage, k)
-            if read_stage(folder) is None:
+            record = read_stage(folder)
+            if record is None:
                 continue
-            problem = verify_stage(folder)
-            if problem:
-                logger.warning("%s: iter-%02d/%s is left out until it is run again.", problem, k, stage)
+            label = f"iter-{k:02d}/{stage}"
+            if self.current is not None and label not in self.current:
+                why = "not an iteration of the recipe now"
+            elif self.current is not None and self.current[label] != record.get("fingerprint"):
+                why = "stale: made from another recipe or other inputs (see `spc-train status`)"
             else:
+                why = verify_stage(folder)
+            if why is None:
                 finished.append(k)
+            elif label not in self.left_out:
+                self.left_out[label] = why
+                logger.warning("%s is left out: %s.", label, why)
         return finished
 
     def is_done(self, folder: Path, fp: str) -> bool:

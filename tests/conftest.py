@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,3 +54,58 @@ def tiny_llama_config(tok, **extra):
         pad_token_id=tok.pad_token_id,
         **extra,
     )
+
+
+SAMPLE = REPO / "spc_train" / "data" / "sample" / "spc_valid_sample.csv"
+
+
+def write_recipe(path: Path, tiny: Path, **changes) -> Path:
+    recipe = {
+        "seed": {"path": str(SAMPLE), "max_conversations": 60},
+        "model": {"name_or_path": str(tiny / "generator"), "dtype": "float32", "lora_r": 4, "lora_alpha": 8},
+        "personas": {"num_pairs": 6},
+        "generation": {
+            "num_candidates": 3,
+            "few_shot_examples": 1,
+            "max_new_tokens": 96,
+            "max_prompt_tokens": 512,
+            "shard_size": 3,
+            "min_turns": 2,
+        },
+        "critic": {
+            "experts": ["faithfulness", "toxicity", "depth", "coherency", "likable"],
+            "toxicity_model": str(tiny / "toxicity"),
+            "faithfulness_threshold": 0.99,
+            "toxicity_threshold": 0.99,
+            "shard_size": 3,
+        },
+        "training": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 5e-3,
+            "max_length": 384,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "report_to": "none",
+            "use_cpu": True,
+            "bf16": False,
+            "activation_checkpointing": False,
+        },
+        "loop": {"iterations": 2, "seed": 7},
+    }
+    for section, values in changes.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tiny_models, tmp_path_factory):
+    """The demo recipe's whole loop (2 iterations), run once per session; tests copy what they change."""
+    from spc_train.cli import main
+
+    root = tmp_path_factory.mktemp("loop")
+    recipe = write_recipe(root / "recipe.yaml", tiny_models)
+    run_dir = root / "run"
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(run_dir)]) == 0
+    return recipe, run_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import write_recipe  # noqa: F401  (the demo recipe; other test modules import it from here)
 
 from spc_train.cli import main
 from spc_train.configs import parse_recipe
@@ -18,55 +18,6 @@ pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parents[1] / "spc_train" / "data" / "sample" / "spc_valid_sample.csv"
 STAGES = ["candidates", "critiques", "selected", "train", "adapter", "eval"]
-
-
-def write_recipe(path: Path, tiny: Path, **changes) -> Path:
-    recipe = {
-        "seed": {"path": str(SAMPLE), "max_conversations": 60},
-        "model": {"name_or_path": str(tiny / "generator"), "dtype": "float32", "lora_r": 4, "lora_alpha": 8},
-        "personas": {"num_pairs": 6},
-        "generation": {
-            "num_candidates": 3,
-            "few_shot_examples": 1,
-            "max_new_tokens": 96,
-            "max_prompt_tokens": 512,
-            "shard_size": 3,
-            "min_turns": 2,
-        },
-        "critic": {
-            "experts": ["faithfulness", "toxicity", "depth", "coherency", "likable"],
-            "toxicity_model": str(tiny / "toxicity"),
-            "faithfulness_threshold": 0.99,
-            "toxicity_threshold": 0.99,
-            "shard_size": 3,
-        },
-        "training": {
-            "max_steps": 4,
-            "per_device_train_batch_size": 2,
-            "learning_rate": 5e-3,
-            "max_length": 384,
-            "save_strategy": "steps",
-            "save_steps": 2,
-            "report_to": "none",
-            "use_cpu": True,
-            "bf16": False,
-            "activation_checkpointing": False,
-        },
-        "loop": {"iterations": 2, "seed": 7},
-    }
-    for section, values in changes.items():
-        recipe[section] = {**recipe.get(section, {}), **values}
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-@pytest.fixture(scope="module")
-def demo_run(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    recipe = write_recipe(root / "recipe.yaml", tiny_models)
-    run_dir = root / "run"
-    assert main(["loop", "--config", str(recipe), "--run_dir", str(run_dir)]) == 0
-    return recipe, run_dir
 
 
 def load(folder: Path) -> list[dict]:
@@ -257,8 +208,13 @@ def assert_same_rows(ours: list[dict], theirs: list[dict], where: str = "") -> N
 
 
 def copy_run(run: Path, to: Path, stages: list[str]) -> Path:
+    """A new run directory holding these stage folders (or files, e.g. `recipe.yaml`) of `run`."""
     for stage in stages:
-        shutil.copytree(run / stage, to / stage)
+        if (run / stage).is_file():
+            to.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run / stage, to / stage)
+        else:
+            shutil.copytree(run / stage, to / stage)
     return to
 
 
@@ -296,7 +252,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(demo_ru
 
     recipe, run = demo_run
     stages = ["seed", "pairs", "iter-00/candidates", "iter-00/critiques", "iter-00/selected", "iter-00/train"]
-    runs = {name: copy_run(run, tmp_path / name, stages) for name in ("uninterrupted", "resumed")}
+    runs = {name: copy_run(run, tmp_path / name, stages) for name in ("uninterrupted", "resumed", "cut")}
 
     def command(folder: Path) -> list[str]:
         return ["train", "--config", str(recipe), "--run_dir", str(folder), "--iteration", "0"]
@@ -312,10 +268,26 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(demo_ru
     stats = read_stage(runs["resumed"] / "iter-00" / "adapter")
     assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 4
     assert not checkpoints.exists()
-    ours, theirs = (load_file(r / "iter-00" / "adapter" / "adapter_model.safetensors") for r in runs.values())
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]), key
+
+    # A checkpoint cut short (here the last one lost its trainer state, as on a full disk) is set aside, and training
+    # resumes from the one before.
+    assert run_killed(tmp_path, [*patch, "2"], command(runs["cut"])) == -signal.SIGKILL
+    (runs["cut"] / "iter-00" / ".adapter.checkpoints" / "checkpoint-4" / "trainer_state.json").unlink()
+    assert run_killed(tmp_path, [*patch, "0"], command(runs["cut"])) == 0
+    assert read_stage(runs["cut"] / "iter-00" / "adapter")["resumed_from"] == "checkpoint-2"
+
+    reference = runs["uninterrupted"] / "iter-00" / "adapter"
+    for name in ("resumed", "cut"):
+        adapter = runs[name] / "iter-00" / "adapter"
+        ours, theirs = (load_file(a / "adapter_model.safetensors") for a in (adapter, reference))
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), f"{name}: {key}"
+        # The loss over all 4 steps, not only those after the checkpoint; the same adapter config, byte for byte.
+        assert read_stage(adapter)["train_loss"] == pytest.approx(read_stage(reference)["train_loss"], rel=1e-5)
+        assert (adapter / "adapter_config.json").read_bytes() == (reference / "adapter_config.json").read_bytes()
+    config = json.loads((reference / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).is_absolute()
 
 
 def test_missing_model_fails_before_any_work(tiny_models, tmp_path, capsys):

@@ -30,7 +30,7 @@ SUMMARY_COLUMNS = [
 def iteration_rows(run: RunDir) -> dict[int, dict]:
     """Per finished iteration: its evaluation metrics plus the selection's counts."""
     rows = {}
-    for k in run.iterations():
+    for k in sorted(set(run.finished("eval")) & set(run.finished("selected"))):
         evaluation = read_stage(run.stage_dir("eval", k))
         selection = read_stage(run.stage_dir("selected", k))
         if evaluation and selection:
@@ -75,11 +75,12 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         missing = len(selection["pairs_without_survivor"])
         if missing:
             notes.append(f"{column}: {missing} pairs had no candidate passing the filters ({thresholds}).")
-        adapter = read_stage(run.stage_dir("adapter", k))
+        adapter = read_stage(run.stage_dir("adapter", k)) if k in run.finished("adapter") else None
         if adapter:
             notes.append(
                 f"{column}: LoRA adapter `{run.stage_dir('adapter', k)}`, train loss {adapter['train_loss']:.3f}."
             )
+    notes += [f"Left out: {label} ({why})." for label, why in run.left_out.items()]
     path = write_report(
         out,
         title=f"spc_train report: {run.root.name}",
