@@ -214,15 +214,16 @@ def export(args) -> int:
     return 0
 
 
-def _current(run_dir: str) -> dict[str, str]:
-    """The fingerprints the run's recipe (`RUN/recipe.yaml`) gives its stages now: what export and push trust."""
+def _current(run_dir: str) -> dict[str, str] | None:
+    """The fingerprints the run's recipe (`RUN/recipe.yaml`) gives its stages now: what export and push trust.
+    A folder without a recipe (assembled by hand) has nothing to compare with: its finished stages are taken."""
     from .configs import parse_recipe
     from .loop import Loop
-    from .runs import StageInputError
 
     recipe = Path(run_dir) / "recipe.yaml"
     if not recipe.exists():
-        raise StageInputError(f"{run_dir} is not a run directory (no recipe.yaml): give the --run_dir of a run.")
+        logger.warning("%s has no recipe.yaml: its finished stages are taken as they are.", run_dir)
+        return None
     return Loop(parse_recipe(recipe), run_dir).current_fingerprints()
 
 

@@ -117,6 +117,7 @@ class Loop:
                     )
                     report = build_tiny_models(recipe.loop.tiny_models_dir)
                     logger.info("Tiny generator parse rate after warm-start: %.0f%%.", 100 * report["parse_rate"])
+                    self._identities = {}  # a plan made before the build saw no weights to hash
         check_recipe(recipe, self.run.root)
         identities = self.identities()
         if state.is_main_process:
