@@ -31,6 +31,7 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
             return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
     check_spec(recipe.model, "generator")
     check_spec(recipe.judge_spec(), "judge")
+    check_hardware(recipe)
     toxicity_used = "toxicity" in recipe.critic.experts or "toxicity" in recipe.evaluation.measurements
     if recipe.critic.toxicity_model and toxicity_used:  # the critic's filter, and the evaluation's rate
         check_available(recipe.critic.toxicity_model, "toxicity classifier")
@@ -42,6 +43,11 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
     critic_options = judge_options(recipe.critic)
     judge_tokenizer = load_tokenizer(recipe.judge_spec()) if critic_options or evaluation_options else None
     check_experts(recipe.critic, judge_tokenizer)
+    if not load_tokenizer(recipe.model).chat_template:
+        raise RecipeError(
+            f"The generator {recipe.model.name_or_path} has no chat template, and the loop trains it on chat "
+            "rows: use an instruct (chat) model, or give its tokenizer a chat_template."
+        )
     for option in evaluation_options:
         try:
             option_token_ids(judge_tokenizer, option)
@@ -77,3 +83,24 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
         f"{seed}; users: {recipe.personas.source}",
         f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}",
     ]
+
+
+def check_hardware(recipe: Recipe) -> None:
+    """bf16 training and bfloat16 / float16 weights need an accelerator: on a CPU-only machine they fail late (TRL
+    refuses bf16 at training, after generation and critique) or run very slowly, so they are refused here."""
+    import torch
+
+    if torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return
+    if recipe.training.get("bf16") or recipe.training.get("fp16"):
+        flag = "bf16" if recipe.training.get("bf16") else "fp16"
+        raise RecipeError(
+            f"training.{flag} is true but this machine has no GPU: set training.{flag}: false and training.use_cpu: "
+            "true for a CPU run (or check the recipe on the machine that runs it)."
+        )
+    for role, spec in (("model", recipe.model), ("judge", recipe.judge)):
+        if spec.dtype in ("bfloat16", "float16"):
+            raise RecipeError(
+                f"{role}.dtype is {spec.dtype} but this machine has no GPU: set {role}.dtype: float32 (or auto) for a "
+                "CPU run (or check the recipe on the machine that runs it)."
+            )

@@ -1,6 +1,7 @@
 """Faults as users and machines cause them: a second writer, damaged stage files, stale results, bad values,
 Ctrl-C, a read-only run directory and a full disk. Each ends in one line and loses nothing (docs/reliability.md)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -243,3 +244,39 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     one_line_error(capsys)
     with pytest.raises(StageInputError):
         main(["status", str(tmp_path / "no-run"), "--debug"])
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        (["--training.bf16", "true"], "training.bf16"),
+        (["--model.dtype", "bfloat16"], "model.dtype"),
+    ],
+)
+def test_check_refuses_what_this_machine_cannot_run(tiny_models, tmp_path, capsys, override, named):
+    import torch
+    from conftest import write_recipe
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: bf16 is fine here")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_models)
+    assert main(["check", "--config", str(recipe), *override]) == 2
+    assert named in one_line_error(capsys)
+    assert main(["loop", "--config", str(recipe), "--run_dir", str(tmp_path / "run"), *override]) == 2
+    assert named in one_line_error(capsys)
+    assert not (tmp_path / "run" / "seed").exists()  # before any work
+
+
+def test_check_refuses_a_generator_without_a_chat_template(tiny_models, tmp_path, capsys):
+    import shutil
+
+    from conftest import write_recipe
+
+    generator = shutil.copytree(tiny_models / "generator", tmp_path / "generator")
+    (generator / "chat_template.jinja").unlink()
+    config = json.loads((generator / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (generator / "tokenizer_config.json").write_text(json.dumps(config))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_models, model={"name_or_path": str(generator)})
+    assert main(["check", "--config", str(recipe)]) == 2
+    assert "has no chat template" in one_line_error(capsys)
