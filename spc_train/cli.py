@@ -31,9 +31,6 @@ from pathlib import Path
 
 logger = logging.getLogger("spc_train")
 
-# `export --what` -> the stage folder it reads in each iteration.
-EXPORTS = {"selected": "selected", "candidates": "candidates", "sft": "train"}
-
 # Stage subcommands: name -> (Loop method, whether it takes --iteration).
 STAGES = {
     "seed": ("stage_seed", False),
@@ -94,14 +91,17 @@ def make_parser() -> argparse.ArgumentParser:
 
     export = add("export", help="Write a run's selected conversations (or candidates, SFT rows) out.")
     export.add_argument("run_dir", help="Run directory.")
-    export.add_argument("--output", required=True, help="SPC CSV (.csv), JSON Lines (.jsonl[.gz]) or a folder.")
+    export.add_argument(
+        "--output", required=True, help="SPC CSV (.csv), JSON Lines (.jsonl[.gz]), parquet (.parquet) or a folder."
+    )
     export.add_argument("--iteration", default="last", help="An iteration number, `last` (default) or `all`.")
     export.add_argument(
         "--what",
-        choices=sorted(EXPORTS),
+        choices=["candidates", "selected", "sft"],
         default="selected",
-        help="selected: the best conversation per pair; candidates: every candidate with its scores; sft: the "
-        "prompt-completion rows the generator was trained on (JSON Lines or a folder).",
+        help="selected: the best conversation per pair; candidates: every candidate with its critique (scores, "
+        "pairwise, reasons, passed, selected); sft: the prompt-completion rows the generator was trained on (JSON "
+        "Lines, or a folder with train.jsonl and a card that `trl sft --dataset_name DIR` loads).",
     )
 
     again = add("reproduce", help="Re-run an iteration offline and compare it stage by stage.")
@@ -180,43 +180,24 @@ def make_tiny(args) -> int:
 
 
 def export(args) -> int:
-    """A finished stage's rows of one iteration (or all) as SPC CSV, JSON Lines or a datasets folder."""
-    from .data import export_records
-    from .runs import RunDir, StageInputError, load_rows, save_rows
+    """A finished stage's rows of one iteration (or all), shaped for SPC tools, datasets and TRL (`export.py`)."""
+    from .export import export_run
 
-    run, stage = RunDir(args.run_dir, _current(args.run_dir)), EXPORTS[args.what]
-    finished = run.finished(stage)
-    if not finished:
-        raise StageInputError(
-            f"{run.root} has no finished `{stage}` stage to export: run `spc-train loop` on it first."
-        )
-    if args.iteration in ("last", "all"):
-        chosen = finished[-1:] if args.iteration == "last" else finished
-    elif args.iteration.isdigit() and int(args.iteration) in finished:
-        chosen = [int(args.iteration)]
-    else:
-        raise StageInputError(
-            f"--iteration {args.iteration}: {run.root} has finished `{stage}` in iterations {finished}; "
-            "give one of them, `last` or `all`."
-        )
-    rows = [row for k in chosen for row in load_rows(run.stage_dir(stage, k))]
-    name = str(args.output).lower()
-    if args.what == "sft" and name.endswith(".csv"):
-        raise StageInputError("SFT rows are prompt-completion pairs, not conversations: export .jsonl or a folder.")
-    if args.what == "sft" and ".json" not in name:  # a plain folder: the conversation record features do not apply
-        save_rows(rows, Path(args.output))
-    else:
-        export_records(rows, args.output)
-    iterations = ", ".join(f"iter-{k:02d}" for k in chosen)
-    print(f"wrote {len(rows)} {args.what} rows of {iterations} to {args.output}")
-    for label, why in run.left_out.items():
-        print(f"left out {label}: {why}")
+    loop = _run_loop(args.run_dir)
+    recipe = {}
+    if loop:
+        recipe = {
+            "current": loop.current_fingerprints(),
+            "thresholds": loop.thresholds(),
+            "grounding": loop.grounding(),
+        }
+    print(export_run(args.run_dir, args.output, what=args.what, iteration=args.iteration, **recipe))
     return 0
 
 
-def _current(run_dir: str) -> dict[str, str] | None:
-    """The fingerprints the run's recipe (`RUN/recipe.yaml`) gives its stages now: what export and push trust.
-    A folder without a recipe (assembled by hand) has nothing to compare with: its finished stages are taken."""
+def _run_loop(run_dir: str):
+    """The run's own recipe (`RUN/recipe.yaml`) as a Loop, to ask which stages are current; None for a folder
+    assembled by hand, whose finished stages are then taken as they are."""
     from .configs import parse_recipe
     from .loop import Loop
 
@@ -224,7 +205,13 @@ def _current(run_dir: str) -> dict[str, str] | None:
     if not recipe.exists():
         logger.warning("%s has no recipe.yaml: its finished stages are taken as they are.", run_dir)
         return None
-    return Loop(parse_recipe(recipe), run_dir).current_fingerprints()
+    return Loop(parse_recipe(recipe), run_dir)
+
+
+def _current(run_dir: str) -> dict[str, str] | None:
+    """The fingerprints the run's recipe gives its stages now: what push trusts."""
+    loop = _run_loop(run_dir)
+    return loop.current_fingerprints() if loop else None
 
 
 def status(args, overrides: list[str]) -> int:
@@ -349,11 +336,10 @@ def run_command(args, overrides: list[str]) -> int:
 
     from .runs import RunDir
 
-    main_process = PartialState().is_main_process
     if args.command == "push":
         from .hub import push_run
 
-        with RunDir(args.run_dir).lock(main_process):
+        with RunDir(args.run_dir).lock():
             result = push_run(
                 args.run_dir,
                 args.repo_id,
@@ -373,6 +359,8 @@ def run_command(args, overrides: list[str]) -> int:
         print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
         return 0
     loop = Loop(_recipe(args, overrides), args.run_dir, allow_stale=getattr(args, "allow_stale", False))
+    # After the recipe: parsing its training section sets up accelerate's state (CPU or GPU, one or more processes).
+    main_process = PartialState().is_main_process
     if args.command == "report" and loop.run.root.is_dir() and not _writable(loop.run.root):
         return report_read_only(loop)
     with loop.run.lock(main_process):
