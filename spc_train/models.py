@@ -1,7 +1,9 @@
 """The one place that loads models and tokenizers.
 
 Hub ids and local folders go through the same `from_pretrained` calls. `check_available` runs before any work starts,
-so a missing model fails in a second with its path or id and the offline setting, not an hour into a run.
+so a missing model fails in a second with its path or id and the offline setting, not an hour into a run. A GGUF
+checkpoint (`gguf_file`) is dequantized into an ordinary dense model (float32 on CPU), so LoRA trains on it and its
+adapters save and load as usual; its identity is the sha256 of the .gguf file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .configs import ModelSpec
+from .configs import ModelSpec, RecipeError
+from .gguf_files import (
+    file_sha256,
+    gguf_architecture_supported,
+    gguf_architectures,
+    gguf_context_length,
+    gguf_header,
+    gguf_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +89,55 @@ def check_available(name_or_path: str | None, role: str, revision: str | None = 
 
 def check_spec(spec: ModelSpec, role: str) -> None:
     check_available(spec.name_or_path, role, spec.revision)
+    if spec.gguf_file:
+        check_gguf(spec, role)
     if spec.adapter:
         check_available(spec.adapter, f"{role} adapter")
+
+
+def check_gguf(spec: ModelSpec, role: str) -> None:
+    """A GGUF spec's file is there, transformers loads its architecture, and nothing asks what GGUF cannot do."""
+    from transformers.utils import is_gguf_available
+
+    if not is_gguf_available():
+        raise RecipeError(f"The {role} model sets gguf_file, which needs the `gguf` package: pip install gguf.")
+    if spec.load_in_4bit:
+        raise RecipeError(
+            f"The {role} model sets both gguf_file and load_in_4bit: transformers dequantizes GGUF weights and "
+            "cannot quantize them again while loading; unset load_in_4bit."
+        )
+    path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision)
+    if path is None:
+        local = _local_path(spec.name_or_path)
+        if local or Path(spec.gguf_file).expanduser().is_absolute():
+            missing = ((local or Path()) / Path(spec.gguf_file).expanduser()).resolve()
+            raise ModelNotFoundError(f"The {role} model's GGUF file was not found: no file {missing}.")
+        if offline_mode():
+            raise ModelNotFoundError(
+                f"The {role} model's GGUF file {spec.gguf_file!r} from '{spec.name_or_path}' is not in the Hugging "
+                "Face cache while offline mode is on (HF_HUB_OFFLINE=1). Download it on a connected machine "
+                f"(`hf download {spec.name_or_path} {spec.gguf_file}`) or point the recipe at a local folder."
+            )
+        from huggingface_hub import file_exists
+
+        if not file_exists(spec.name_or_path, spec.gguf_file, revision=spec.revision):
+            raise ModelNotFoundError(f"The {role} model's GGUF file {spec.gguf_file!r} is not in {spec.name_or_path}.")
+        return  # not downloaded yet: transformers reads its header when it loads it
+    architecture = gguf_header(path).get("general.architecture")
+    if not isinstance(architecture, str) or not gguf_architecture_supported(architecture):
+        import transformers
+
+        raise RecipeError(
+            f"The {role} model's GGUF file {path} declares architecture {architecture!r}, which transformers "
+            f"{transformers.__version__} cannot load from GGUF (it loads {', '.join(sorted(gguf_architectures()))})."
+        )
+
+
+def _gguf_argument(spec: ModelSpec) -> str:
+    """What `from_pretrained(..., gguf_file=)` gets: the file's own path for a local folder (transformers would take
+    a same-named file in the working directory first), the name inside the repo for a Hub id."""
+    path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision)
+    return str(path.resolve()) if path and _local_path(spec.name_or_path) else spec.gguf_file
 
 
 # -- identities (for the manifest and stage fingerprints) -----------------------------------------------------------
@@ -119,11 +176,18 @@ def folder_hash(folder: str | Path, files: Iterable[str] | None = None) -> str:
     return _folder_hash(str(folder.resolve()), tuple(signature))
 
 
-def identity(name_or_path: str | None, revision: str | None = None) -> dict[str, Any] | None:
-    """What makes a model this model: its weights hash (local) or its Hub commit."""
+def identity(
+    name_or_path: str | None, revision: str | None = None, gguf_file: str | None = None
+) -> dict[str, Any] | None:
+    """What makes a model this model: its weights hash (local), or its Hub commit; for a GGUF checkpoint, the
+    sha256 of its .gguf file (the rest of its folder, e.g. a Python package's code, does not count)."""
     if not name_or_path:
         return None
     local = _local_path(name_or_path)
+    if gguf_file:
+        path = gguf_path(name_or_path, gguf_file, revision)
+        where = {"path": str(name_or_path)} if local else {"id": name_or_path, "revision": revision}
+        return {**where, "gguf_file": gguf_file, "sha256": file_sha256(path) if path else None}
     if local:
         return {"path": str(name_or_path), "sha256": folder_hash(local)}
     snapshot = _cached_snapshot(name_or_path, revision)
@@ -134,7 +198,7 @@ def identity(name_or_path: str | None, revision: str | None = None) -> dict[str,
 def spec_identity(spec: ModelSpec) -> dict[str, Any]:
     keys = ("dtype", "attn_implementation", "load_in_4bit", "trust_remote_code")
     return {
-        "model": identity(spec.name_or_path, spec.revision),
+        "model": identity(spec.name_or_path, spec.revision, spec.gguf_file),
         "adapter": identity(spec.adapter),
         **{key: getattr(spec, key) for key in keys},
     }
@@ -159,9 +223,27 @@ def torch_dtype(name: str):
         raise ValueError(f"Unknown dtype '{name}': use auto, float32, bfloat16 or float16.") from None
 
 
+def _gguf_dtype():
+    """GGUF weights are dequantized into a float dtype: float32 on CPU, bfloat16 on a GPU that has it."""
+    import torch
+
+    place = device()
+    if place.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def _common_kwargs(spec: ModelSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     kwargs["dtype"] = torch_dtype(spec.dtype)
+    if spec.gguf_file:
+        import transformers
+
+        kwargs["gguf_file"] = _gguf_argument(spec)
+        if kwargs["dtype"] == "auto":
+            kwargs["dtype"] = _gguf_dtype()
+        if hasattr(transformers, "GgufConfig"):  # dense weights, also where GGUF matmul kernels are installed
+            kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
@@ -183,9 +265,13 @@ def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
     check_spec(spec, "tokenizer")
+    gguf = {"gguf_file": _gguf_argument(spec)} if spec.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **gguf
     )
+    path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision) if spec.gguf_file else None
+    if path and tokenizer.model_max_length > 1e12:  # a tokenizer converted from GGUF knows no length (1e30)
+        tokenizer.model_max_length = gguf_context_length(path) or tokenizer.model_max_length
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -196,9 +282,24 @@ def _from_pretrained(auto_class, spec: ModelSpec, role: str):
     """Any Auto class through the same checks, dtype / attention / 4-bit handling and device placement."""
     check_spec(spec, role)
     model = auto_class.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    if spec.gguf_file:
+        _as_dense(model)
     if not spec.load_in_4bit:  # 4-bit weights are placed by their device_map
         model.to(device())
     return model
+
+
+def _as_dense(model) -> None:
+    """A dequantized GGUF model is an ordinary dense model: drop the GGUF quantizer transformers leaves on it, which
+    would refuse `save_pretrained` and LoRA training ("gguf does not support training")."""
+    if any(not weight.is_floating_point() for weight in model.parameters()):
+        raise RecipeError(f"{model.config.name_or_path}: GGUF weights stayed packed; this transformers cannot unpack.")
+    model.hf_quantizer = None
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
 
 
 def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool = False):

@@ -103,3 +103,94 @@ def test_real_minilm_embedder_offline():
     similar = float(vectors[0] @ vectors[1])
     different = float(vectors[0] @ vectors[2])
     assert similar > different + 0.2
+
+
+# -- GGUF checkpoints: what `check` catches in one line, before any loading -----------------------------------------
+def write_gguf(path, architecture: str = "llama", context: int = 64):
+    """A tiny GGUF file (one zero tensor): enough for the header checks, not a model."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_context_length(context)
+    writer.add_token_list(["<unk>", "a", "b"])
+    writer.add_tensor("token_embd.weight", np.zeros((3, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def check_in_one_line(tmp_path, capsys, model: dict) -> str:
+    """`spc-train check` on a recipe with this model section: it fails (2), and says why in one line."""
+    import yaml
+    from conftest import SAMPLE
+
+    from spc_train.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"seed": {"path": str(SAMPLE)}, "model": model}))
+    assert main(["check", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_a_missing_gguf_file_fails_check_in_one_line(tmp_path, capsys):
+    from spc_train.models import check_spec
+
+    folder = tmp_path / "smollm"
+    folder.mkdir()
+    spec = ModelSpec(name_or_path=str(folder), gguf_file="model.Q4_1.gguf")
+    with pytest.raises(ModelNotFoundError, match=r"GGUF file was not found: no file .*smollm/model\.Q4_1\.gguf"):
+        check_spec(spec, "generator")
+    err = check_in_one_line(tmp_path, capsys, {"name_or_path": str(folder), "gguf_file": "model.Q4_1.gguf"})
+    assert "generator" in err and str(folder / "model.Q4_1.gguf") in err
+    hub = ModelSpec(name_or_path="spc-train-tests/no-such-gguf", gguf_file="m.gguf")
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE=1"):
+        check_spec(hub, "judge")
+
+
+def test_a_gguf_architecture_transformers_cannot_load_fails_check_in_one_line(tmp_path, capsys):
+    from spc_train.configs import RecipeError
+    from spc_train.gguf_files import gguf_architecture_supported, gguf_context_length, gguf_header
+    from spc_train.models import check_spec
+
+    write_gguf(tmp_path / "fake.gguf", "mamba-fake")
+    assert gguf_header(tmp_path / "fake.gguf")["general.architecture"] == "mamba-fake"
+    assert gguf_context_length(tmp_path / "fake.gguf") == 64
+    spec = ModelSpec(name_or_path=str(tmp_path), gguf_file="fake.gguf")
+    with pytest.raises(RecipeError, match=r"architecture 'mamba-fake', which transformers .* cannot load .*llama"):
+        check_spec(spec, "generator")
+    err = check_in_one_line(tmp_path, capsys, {"name_or_path": str(tmp_path), "gguf_file": "fake.gguf"})
+    assert "'mamba-fake'" in err
+    # transformers' renames of llama.cpp names count as supported
+    assert all(map(gguf_architecture_supported, ["llama", "qwen2moe", "gpt-oss", "t5encoder"]))
+
+    write_gguf(tmp_path / "llama.gguf", "llama")
+    check_spec(ModelSpec(name_or_path=str(tmp_path), gguf_file="llama.gguf"), "generator")  # a loadable header
+    with pytest.raises(RecipeError, match="load_in_4bit"):
+        check_spec(ModelSpec(name_or_path=str(tmp_path), gguf_file="llama.gguf", load_in_4bit=True), "generator")
+    (tmp_path / "model.bin.gguf").write_bytes(b"PK\x03\x04 not a gguf file")
+    with pytest.raises(RecipeError, match="is not a GGUF file"):
+        check_spec(ModelSpec(name_or_path=str(tmp_path), gguf_file="model.bin.gguf"), "generator")
+
+
+def test_gguf_identity_is_the_file_sha256(tmp_path):
+    import hashlib
+
+    from spc_train.models import spec_identity
+
+    path = write_gguf(tmp_path / "m.gguf")
+    first = identity(str(tmp_path), gguf_file="m.gguf")
+    assert first == {
+        "path": str(tmp_path),
+        "gguf_file": "m.gguf",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    (tmp_path / "__init__.py").write_text("# package code beside the weights does not count\n")
+    assert identity(str(tmp_path), gguf_file="m.gguf") == first
+    assert spec_identity(ModelSpec(name_or_path=str(tmp_path), gguf_file="m.gguf"))["model"] == first
+    write_gguf(path, context=128)
+    assert identity(str(tmp_path), gguf_file="m.gguf")["sha256"] != first["sha256"]
