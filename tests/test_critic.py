@@ -563,7 +563,7 @@ def test_build_experts_rejects_unknown_names():
         build_experts(critic, judge=lambda: pytest.fail("no judge needed"), classifier=lambda path: None)
     for name in ["faithfulness", "faithfulness_nli", "toxicity", *POLICIES]:
         assert name in str(error.value)
-    assert set(EXPERTS) == {"faithfulness", "faithfulness_nli", "toxicity", *POLICIES}
+    assert set(EXPERTS) == {"faithfulness", "faithfulness_nli", "toxicity", "persona_grounding", *POLICIES}
 
 
 def test_build_experts_loads_only_what_the_experts_need(tok):
@@ -629,3 +629,80 @@ def test_critique_keeps_every_score_and_the_policy_matrices(tok):
     selected, stats = select(rows, {"faithfulness": 0.5}, ["depth", "likable"])
     assert chosen(selected) == {"p": 1}
     assert stats["pass_rate"] == pytest.approx(0.3333)
+
+
+class Recorder:
+    """A stand-in expert that records every candidate it is shown and scores each by its candidate index."""
+
+    def __init__(self, name: str, kind: str):
+        self.name, self.kind, self.shown = name, kind, []
+        self.pairwise: list[list[float]] = []
+        self.reasons: list[dict | None] = []
+
+    def score(self, candidates: list[dict]) -> list[float]:
+        self.shown.extend((c["pair_id"], c["candidate"]) for c in candidates)
+        self.reasons = [{"seen": c["candidate"]} for c in candidates]
+        # Like a FED policy: a row per candidate over its pair's candidates (those it was given), in candidate order.
+        pairs = {
+            c["pair_id"]: sorted(d["candidate"] for d in candidates if d["pair_id"] == c["pair_id"])
+            for c in candidates
+        }
+        self.pairwise = [
+            [0.5 if other == c["candidate"] else 0.1 * other for other in pairs[c["pair_id"]]] for c in candidates
+        ]
+        return [float(c["candidate"]) for c in candidates]
+
+
+def test_unparsed_candidates_never_reach_an_expert(tok):
+    candidates = [
+        conversation("p", 0, "hi", "hello"),
+        conversation("p", 1, "garbage", parsed=False) | {"reject_reason": "meta_commentary: Here is a conversation"},
+        conversation("p", 2, "hey", "hi there"),
+        conversation("q", 0, "x", parsed=False) | {"reject_reason": "no_turns"},
+        conversation("q", 1, "y", parsed=False),  # a row of an older run: no reject_reason
+    ]
+    filter_, policy = Recorder("faithfulness", "filter"), Recorder("depth", "policy")
+    rows = critique(candidates, [filter_, policy])
+
+    assert filter_.shown == policy.shown == [("p", 0), ("p", 2)]
+    for row in rows:
+        parsed = row["parsed"]
+        assert set(row["scores"]) == {"faithfulness", "depth"}
+        assert all((value == row["candidate"]) if parsed else math.isnan(value) for value in row["scores"].values())
+        assert row["reasons"]["faithfulness"] == ({"seen": row["candidate"]} if parsed else None)
+        assert ("parse" in row["reasons"]) is not parsed
+    assert rows[1]["reasons"]["parse"] == "unparsed: meta_commentary: Here is a conversation"
+    assert rows[3]["reasons"]["parse"] == "unparsed: no_turns"
+    assert rows[4]["reasons"]["parse"] == "unparsed: no conversation"
+    # The pair's n x n matrix keeps its shape: NaN where a candidate was not asked about.
+    matrices = [row["pairwise"]["depth"] for row in rows]
+    assert matrices[0][0] == 0.5 and math.isnan(matrices[0][1]) and matrices[0][2] == pytest.approx(0.2)
+    assert matrices[2][0] == 0.0 and math.isnan(matrices[2][1]) and matrices[2][2] == 0.5
+    assert all(math.isnan(value) for value in matrices[1]) and len(matrices[1]) == 3
+    assert [len(m) for m in matrices[3:]] == [2, 2] and all(math.isnan(v) for m in matrices[3:] for v in m)
+
+    selected, stats = select(rows, {"faithfulness": 5.0}, ["depth"])
+    assert chosen(selected) == {"p": 0} and stats["pairs_without_survivor"] == ["q"]
+
+    # A shard with nothing parsed asks nothing at all.
+    none = Recorder("depth", "policy")
+    rows = critique(candidates[3:], [none])
+    assert none.shown == [] and all(math.isnan(row["scores"]["depth"]) for row in rows)
+
+
+def test_a_real_judge_is_never_asked_about_an_unparsed_candidate(tok):
+    def rule(text):
+        assert MARKER not in text, "the judge was shown the unparsed candidate"
+        return {"No": 30.0, "1": 1.0}
+
+    judge = rule_judge(tok, rule)
+    experts = build_experts(CriticConfig(experts=["faithfulness", "toxicity", "depth"]), lambda: judge, None)
+    candidates = [
+        conversation("p", 0, "hi", "hello"),
+        conversation("p", 1, f"a {MARKER} came by", "hi", parsed=False),
+        conversation("p", 2, "hey", "hi there"),
+    ]
+    rows = critique(candidates, experts)
+    assert len(judge.model.seen) == 2 + 2 + 2  # faithfulness and toxicity: 2 each; depth: both orders of (0, 2)
+    assert all(math.isnan(value) for value in rows[1]["scores"].values())
+    assert [len(row["pairwise"]["depth"]) for row in rows] == [3, 3, 3]

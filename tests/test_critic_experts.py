@@ -430,8 +430,8 @@ def test_critique_then_select_filters_and_picks_exactly_the_expected_candidates(
     experts = build_experts(critic, lambda: judge, classifiers.__getitem__)
     candidates = e2e_candidates()
     rows = critique(candidates, experts)
-    # Faithfulness asks about each candidate; each policy about each ordered pair of a pair's parsed candidates.
-    asked = len(candidates) + len(critic.experts[3:]) * (3 * 2 + 4 * 3 + 2 * 1)
+    # Faithfulness asks about each parsed candidate; each policy about each ordered pair of a pair's parsed candidates.
+    asked = sum(c["parsed"] for c in candidates) + len(critic.experts[3:]) * (3 * 2 + 4 * 3 + 2 * 1)
     assert len(judge.model.seen) == asked
 
     by_key = {(r["pair_id"], r["candidate"]): r for r in rows}

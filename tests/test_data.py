@@ -104,6 +104,73 @@ def test_parse_conversation_never_raises_and_finds_no_turns(text):
     assert parsed.skipped == [line.strip() for line in text.split("\n") if line.strip()]
 
 
+# What SmolLM2-135M-Instruct and other small instruct models write instead of `User 1: ...` lines.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1. User 1: Hi! How are you?\n2. User 2: Hello! I am fine.",
+        "1) User 1: Hi! How are you?\n2) User 2: Hello! I am fine.",
+        "(User 1): Hi! How are you?\n(User 2): Hello! I am fine.",
+        "(user 1) Hi! How are you?\n(user 2) Hello! I am fine.",
+        "[User 1] Hi! How are you?\n[User 2] Hello! I am fine.",
+        "user1: Hi! How are you?\nuser2: Hello! I am fine.",
+        "**User 1:** Hi! How are you?\n**User 2:** Hello! I am fine.",
+        "**User 1**: Hi! How are you?\n**User 2**: Hello! I am fine.",
+        "__User 1:__ Hi! How are you?\n__User 2:__ Hello! I am fine.",
+        "User 1 - Hi! How are you?\nUser 2 \u2013 Hello! I am fine.",
+        "- User 1: Hi! How are you?\n- User 2: Hello! I am fine.",
+        "1. **User 1:** Hi! How are you?\n2. **User 2:** Hello! I am fine.",
+    ],
+)
+def test_parse_conversation_reads_the_turn_formats_real_models_write(text):
+    parsed = parse_conversation(text)
+    assert parsed.turns == [{"speaker": 1, "text": "Hi! How are you?"}, {"speaker": 2, "text": "Hello! I am fine."}]
+    assert parsed.skipped == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "User 1 Profile: I like cats.",  # the prompt's profile block, not a turn
+        "User 2's persona: I have a dog.",
+        "User 12: not user 1",
+        "User 1-2 years ago we met.",  # a dash that is not a separator
+        "User 1 and User 2 go to the park.",  # a stage direction naming both
+        "(User 1 laughs)",
+        "[User 1 and User 2 start flying.]",
+        "(User 1)",  # a label with nothing said
+        "1. a list item",
+        "User 3: who am I?",
+    ],
+)
+def test_lines_that_only_look_like_turns_are_skipped(line):
+    parsed = parse_conversation(f"User 1: hi\n{line}\nUser 2: hello")
+    assert parsed.turns == [{"speaker": 1, "text": "hi"}, {"speaker": 2, "text": "hello"}]
+    assert parsed.skipped == [line]
+
+
+@pytest.mark.skipif(not SPC_TEST_CSV.exists(), reason=f"shared SPC data not present at {SPC_TEST_CSV}")
+def test_the_new_turn_formats_add_no_turn_to_the_spc_splits():
+    """The formats added for generated text do not occur in SPC: a line without an SPC `User N:` prefix is still no
+    turn, and one with it is the same speaker's turn (the split counts of `test_real_spc_test_split` stay too)."""
+    import re
+
+    spc_prefix = re.compile(r"^[\s*]*user\s*(?P<speaker>[12])[\s*]*:", re.IGNORECASE)  # the SPC forms
+    lines = 0
+    for path in (SPC_TEST_CSV, SPC_TEST_CSV.with_name("Synthetic-Persona-Chat_valid.csv")):
+        with open(path, encoding="utf-8", newline="") as handle:
+            for row in csv.reader(handle):
+                for line in row[-1].replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+                    lines += 1
+                    turns = parse_conversation(line).turns
+                    match = spc_prefix.match(line.strip())
+                    if match is None:
+                        assert turns == [], line
+                    else:
+                        assert [t["speaker"] for t in turns] in ([], [int(match.group("speaker"))]), line
+    assert lines > 50_000
+
+
 def test_format_conversation_round_trips_through_parse():
     turns = [{"speaker": 1, "text": "Hi [name]!"}, {"speaker": 2, "text": "Hey."}, {"speaker": 2, "text": "You?"}]
     text = format_conversation(turns)

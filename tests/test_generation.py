@@ -403,6 +403,9 @@ def generation_args(**overrides) -> SimpleNamespace:
         "num_candidates": 2,
         "batch_tokens": 100_000,
         "min_turns": 2,
+        "truncated": "drop_last_turn",
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
         "backend": "generate",
     }
     return SimpleNamespace(**{**args, **overrides})
@@ -428,7 +431,9 @@ def test_generate_shards_writes_every_shard_and_resumes_only_the_missing_one(mod
         assert 0 <= r["num_tokens"] <= 6
         assert r["finish_reason"] == ("length" if r["num_tokens"] == 6 else "stop")
         assert isinstance(r["text"], str)
-        assert {k: r[k] for k in ("turns", "parsed", "skipped_lines")} == parse_candidate(r["text"], 2)
+        assert r["truncated"] == (r["finish_reason"] != "stop")
+        fields = ("turns", "parsed", "reject_reason", "skipped_lines", "truncated", "dropped_unfinished_turn")
+        assert {k: r[k] for k in fields} == parse_candidate(r["text"], 2, finish_reason=r["finish_reason"])
     assert stats["new_tokens"] == sum(r["num_tokens"] for r in rows)
     assert stats["examples_dropped"] == 0
 
@@ -588,13 +593,285 @@ def test_parse_candidate():
             {"speaker": 2, "text": "fine"},
         ],
         "parsed": True,
+        "reject_reason": "",
         "skipped_lines": 0,
+        "truncated": False,
+        "dropped_unfinished_turn": False,
     }
-    assert parse_candidate(text, min_turns=5)["parsed"] is False  # too short
+    too_short = parse_candidate(text, min_turns=5)
+    assert too_short["parsed"] is False and too_short["reject_reason"] == "too_few_turns: 4 < 5"
     one_speaker = parse_candidate("User 1: hi\nUser 1: hello\nUser 1: anyone?\nUser 1: no?", min_turns=4)
     assert one_speaker["parsed"] is False and len(one_speaker["turns"]) == 4
+    assert one_speaker["reject_reason"] == "one_speaker: only user 1"
     noisy = parse_candidate("Sure! Here it is:\nUser 1: hi\nUser 2: hey\n(they leave)", min_turns=2)
-    assert noisy["parsed"] is True and noisy["skipped_lines"] == 2
+    assert noisy["parsed"] is True and noisy["skipped_lines"] == 2 and noisy["reject_reason"] == ""
+    echoed = parse_candidate("Conversation:\nUser 1: hi\nUser 2: hey", min_turns=2)  # the prompt's own header
+    assert echoed["parsed"] is True
     for garbage in ["", "\n\n", "User 3: who?", "::::", "\x00\ufffd", "User 1:"]:
         result = parse_candidate(garbage, min_turns=1)
-        assert result["parsed"] is False and result["turns"] == []
+        assert result["parsed"] is False and result["turns"] == [] and result["reject_reason"]
+    with pytest.raises(ValueError, match="truncated must be one of"):
+        parse_candidate(text, 4, truncated="drop")
+
+
+# Excerpts of what SmolLM2-135M-Instruct wrote in the loop (shortened), each with why it is refused.
+CONVERSATION = "User 1: Hi! Do you have any pets?\nUser 2: Yes, I have a dog named Max.\nUser 1: I love dogs!"
+REFUSED = [
+    (
+        "Here's how you can make this conversation more natural:\n" + CONVERSATION,
+        "meta_commentary: Here's how you can make this conversation more natural:",
+    ),
+    ("Here is a conversation between user 1 and user 2:\n" + CONVERSATION, "meta_commentary: Here is a conversation"),
+    (CONVERSATION + "\nThis conversation shows that both users love animals.", "meta_commentary: This conversation"),
+    (CONVERSATION + "\n\nNote: the users' profiles are reflected implicitly.", "meta_commentary: Note:"),
+    (CONVERSATION + "\nI hope this helps! Let me know if you need more examples.", "meta_commentary: I hope this"),
+    ("User 1 Profile: I like cats. I live in a big city.\n" + CONVERSATION, "profile_block: User 1 Profile:"),
+    (CONVERSATION + "\nUser 2's persona: I have a dog.\nUser 2: He is a golden retriever.", "profile_block: User 2's"),
+    (CONVERSATION + "\nUser 3: Can I join?", "third_speaker: User 3: Can I join?"),
+    (CONVERSATION + "\nAssistant: Sure, here is another one.", "third_speaker: Assistant:"),
+    ("Alice: Hi Bob!\n" + CONVERSATION, "third_speaker: Alice: Hi Bob!"),
+    (
+        "User 1: I love eating. I love eating. I love eating. I love eating.\nUser 2: Me too!\nUser 1: Yes.",
+        "repetition: turn 0 says 'i love eating' 4 times",
+    ),
+    (CONVERSATION + "\nUser 2: Do you?\nUser 1: I love dogs!\nUser 2: Do you?", "repetition: turns 2-3"),
+    (CONVERSATION + "\nUser 2: " + "and then we went to the park " * 4, "repetition: turn 3 says"),
+    (CONVERSATION + "\nUser 1: I love dogs!", "repetition: turn 2 is said again at once"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED, ids=[reason[:30] for _, reason in REFUSED])
+def test_a_candidate_with_commentary_profiles_other_speakers_or_loops_is_refused_with_its_reason(text, reason):
+    result = parse_candidate(text, min_turns=2)
+    assert result["parsed"] is False
+    assert result["reject_reason"].startswith(reason), result["reject_reason"]
+    assert len(result["turns"]) >= 2  # it had a conversation: the rules refused it, not the parser
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1. User 1: Hi!\n2. User 2: Hello!\n3. User 1: How are you?\n4. User 2: Great, thanks.",
+        "**User 1:** Hi!\n**User 2:** Hello!\n**User 1:** How are you?\n**User 2:** Great, thanks.",
+        "(User 1): Hi!\n(User 2): Hello!\n(User 1): How are you?\n(User 2): Great, thanks.",
+        "Sure! Here it is:\nConversation:\nUser 1: Hi!\nUser 2: Hello!\nUser 1: How are you?\nUser 2: Great, thanks.",
+        # SPC-like backchannels said again later are not a loop; neither is "Yes. Yes. Yes." nor a stage direction.
+        "User 1: Oh, that's cool.\nUser 2: Yes. Yes. Yes.\n(Later that day)\nUser 1: Oh, that's cool.\n"
+        "User 2: It is.\nUser 1: Oh, that's cool.\nUser 2: Scene: the park.",
+    ],
+)
+def test_formats_and_repetitions_real_conversations_have_are_accepted(text):
+    result = parse_candidate(text, min_turns=4)
+    assert result["parsed"] is True and result["reject_reason"] == "", result["reject_reason"]
+
+
+# -- truncated candidates ---------------------------------------------------------------------------------------------
+CUT = "User 1: Hi! Do you like hiking?\nUser 2: I love it.\nUser 1: Me too, I go every\nUser 2: weekend and the v"
+
+
+def test_a_truncated_candidate_loses_its_unfinished_turn_before_min_turns_applies():
+    finished = parse_candidate(CUT, 3, finish_reason="stop")  # ended at the end-of-turn token: all four turns
+    assert (len(finished["turns"]), finished["truncated"], finished["dropped_unfinished_turn"]) == (4, False, False)
+
+    dropped = parse_candidate(CUT, 3, finish_reason="length")
+    assert [t["text"] for t in dropped["turns"]] == ["Hi! Do you like hiking?", "I love it.", "Me too, I go every"]
+    assert dropped["parsed"] is True and dropped["truncated"] is True and dropped["dropped_unfinished_turn"] is True
+    short = parse_candidate(CUT, 4, finish_reason="length")  # 3 turns left: min_turns counts what is left
+    assert short["parsed"] is False and short["reject_reason"] == "too_few_turns: 3 < 4"
+
+    rejected = parse_candidate(CUT, 3, finish_reason="length", truncated="reject")
+    assert rejected["parsed"] is False and rejected["reject_reason"].startswith("truncated")
+    assert len(rejected["turns"]) == 4 and rejected["dropped_unfinished_turn"] is False
+    kept = parse_candidate(CUT, 4, finish_reason="length", truncated="keep")
+    assert kept["parsed"] is True and len(kept["turns"]) == 4 and kept["truncated"] is True
+
+    # Cut on a line that is no turn (a prefix with nothing said yet): every turn was finished, none is dropped.
+    on_prefix = parse_candidate(CUT.rsplit("\n", 1)[0] + "\nUser 2:", 3, finish_reason="length")
+    assert len(on_prefix["turns"]) == 3 and on_prefix["dropped_unfinished_turn"] is False and on_prefix["parsed"]
+    # A loop is refused for the loop, even when the looping turn is the unfinished one that is dropped.
+    looping = parse_candidate(CUT + ". I love eating. I love eating. I love eating. I lo", 3, finish_reason="length")
+    assert looping["parsed"] is False and looping["reject_reason"].startswith("repetition")
+    alone = parse_candidate("User 1: Hi, I am", 1, finish_reason="length")
+    assert alone["turns"] == [] and alone["reject_reason"] == "no_turns"
+
+
+def test_generate_shards_applies_the_truncation_rule_and_passes_the_repetition_settings(tok, tmp_path, monkeypatch):
+    from spc_train.generation import candidates
+
+    asked = []
+
+    def cut_samples(model, tokenizer, prompts, keys, *, n, generation_kwargs, **kwargs):
+        asked.append(generation_kwargs)
+        return [[Sample(CUT, 40, "length"), Sample(CUT, 30, "stop")] for _ in prompts]
+
+    monkeypatch.setattr(candidates, "sample_conversations", cut_samples)
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    expected = {"drop_last_turn": (3, True, "", True), "reject": (4, False, "truncated", False)}
+    expected["keep"] = (4, True, "", False)
+    for rule, (turns, parsed, reason, dropped) in expected.items():
+        args = generation_args(truncated=rule, min_turns=3, repetition_penalty=1.3, no_repeat_ngram_size=9)
+        generate_shards(model, tok, PAIRS, POOL, tmp_path / rule, args=args, seed=0, iteration=0, few_shot_examples=0)
+        rows = read_shards(tmp_path / rule, 3)
+        for r in rows[0::2]:  # cut by max_new_tokens
+            assert (len(r["turns"]), r["parsed"], r["dropped_unfinished_turn"], r["truncated"]) == (
+                turns,
+                parsed,
+                dropped,
+                True,
+            )
+            assert r["reject_reason"].startswith(reason)
+        for r in rows[1::2]:  # ended at the end-of-turn token: the rule does not apply
+            assert (len(r["turns"]), r["parsed"], r["truncated"], r["dropped_unfinished_turn"]) == (
+                4,
+                True,
+                False,
+                False,
+            )
+    assert {(kw["repetition_penalty"], kw["no_repeat_ngram_size"]) for kw in asked} == {(1.3, 9)}
+
+
+# -- repetition settings, and the model's own generation config -------------------------------------------------------
+class Favour:
+    """A caller's logits processor that pushes every row towards a few tokens, so that a random model loops on them."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.ids] += 20.0
+        return scores
+
+
+def favoured_sampling(tok, **settings) -> dict:
+    from transformers import LogitsProcessorList
+
+    prompts, _ = prompts_and_keys(tok)
+    in_prompts = {i for ids in tok(prompts, add_special_tokens=False)["input_ids"] for i in ids}
+    ids = [i for i in range(len(tok)) if i not in in_prompts and i not in tok.all_special_ids][:3]
+    processors = LogitsProcessorList([Favour(ids)])
+    return {"logits_processor": processors, "suppress_tokens": [tok.eos_token_id], "max_new_tokens": 12, **settings}
+
+
+def record_generated_ids(monkeypatch) -> list[list[int]]:
+    seen: list[list[int]] = []
+    real = engine.decode_sample
+
+    def record(tokenizer, tokens, stop_ids):
+        seen.append(list(tokens))
+        return real(tokenizer, tokens, stop_ids)
+
+    monkeypatch.setattr(engine, "decode_sample", record)
+    return seen
+
+
+def test_no_repeat_ngram_size_and_repetition_penalty_apply_before_the_seeded_draw(model, tok, monkeypatch):
+    prompts, keys = prompts_and_keys(tok)
+    seen = record_generated_ids(monkeypatch)
+
+    def bigram_repeats(tokens):
+        return len(tokens) - 1 - len(set(zip(tokens, tokens[1:])))
+
+    sample(model, tok, prompts, keys, **favoured_sampling(tok))
+    assert all(bigram_repeats(tokens) > 0 for tokens in seen)  # the favoured tokens loop
+    favoured = {token for tokens in seen for token in tokens[:3]}
+    assert all(sum(token in favoured for token in tokens) > 3 for tokens in seen)
+
+    seen.clear()
+    sample(model, tok, prompts, keys, **favoured_sampling(tok, no_repeat_ngram_size=2))
+    assert len(seen) == 6 and all(bigram_repeats(tokens) == 0 for tokens in seen)
+
+    seen.clear()  # a huge penalty: a favoured token, once said, loses its favour
+    sample(model, tok, prompts, keys, **favoured_sampling(tok, repetition_penalty=1e4))
+    assert len(seen) == 6 and all(sum(token in favoured for token in tokens) == 3 for tokens in seen)
+
+
+def test_repetition_settings_keep_a_candidate_independent_of_its_batch(model, tok):
+    """The penalties count the prompt and the candidate, never the left padding that depends on the batch."""
+    prompts, keys = prompts_and_keys(tok)
+    settings = {"repetition_penalty": 1.8, "no_repeat_ngram_size": 2, "max_new_tokens": 10}
+    together = sample(model, tok, prompts, keys, batch_tokens=1_000_000, **settings)
+    for i in range(3):
+        assert as_tuples(sample(model, tok, [prompts[i]], [keys[i]], **settings)) == as_tuples([together[i]])
+    assert as_tuples(together) != as_tuples(sample(model, tok, prompts, keys, max_new_tokens=10))
+
+
+def test_the_models_generation_config_never_applies_and_the_recipes_settings_are_recorded(tok, tmp_path):
+    from transformers import GenerationConfig
+
+    from spc_train.configs import GenerationArguments
+    from spc_train.generation.candidates import sampling_settings, save_generation_config
+
+    plain, opinionated = tiny_llama(tok), tiny_llama(tok)  # the same weights
+    opinionated.generation_config.update(
+        repetition_penalty=1.5, no_repeat_ngram_size=2, temperature=0.05, top_k=2, top_p=0.5, min_new_tokens=4
+    )
+    args = GenerationArguments(max_new_tokens=8, num_candidates=2, temperature=1.0, top_k=50)  # no penalty
+    prompts, keys = prompts_and_keys(tok)
+
+    def run(model, **changes):
+        kwargs = {**sampling_settings(args), **changes}
+        return as_tuples(
+            sample_conversations(
+                model, tok, prompts, keys, n=2, generation_kwargs=kwargs, batch_tokens=100_000, seed=0
+            )
+        )
+
+    assert run(opinionated) == run(plain)
+    # Not vacuous: the model's penalty of 1.5 would show on this model, had it applied.
+    assert run(plain, repetition_penalty=1.5) != run(plain)
+    assert run(opinionated, repetition_penalty=1.5) == run(plain, repetition_penalty=1.5)
+
+    save_generation_config(opinionated, tok, args, tmp_path / "default")
+    saved = GenerationConfig.from_pretrained(tmp_path / "default")
+    recorded = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size")
+    assert {name: getattr(saved, name) for name in recorded} == {
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+    }
+    assert (saved.max_new_tokens, saved.num_return_sequences, saved.eos_token_id) == (8, 2, [tok.eos_token_id])
+    penalised = GenerationArguments(repetition_penalty=1.3, no_repeat_ngram_size=9, temperature=0.7, top_p=0.9)
+    save_generation_config(opinionated, tok, penalised, tmp_path / "penalised")
+    saved = GenerationConfig.from_pretrained(tmp_path / "penalised")
+    assert (saved.repetition_penalty, saved.no_repeat_ngram_size, saved.temperature, saved.top_p) == (1.3, 9, 0.7, 0.9)
+    assert sampling_settings(penalised)["repetition_penalty"] == 1.3
+
+
+def test_the_continuous_backend_ignores_the_models_generation_config_and_refuses_penalties(tok):
+    plain, opinionated = tiny_llama(tok), tiny_llama(tok)
+    opinionated.generation_config.update(repetition_penalty=1.5, temperature=0.05, top_k=2)
+    prompts, keys = prompts_and_keys(tok)
+    settings = {"temperature": 1.0, "top_k": 50, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    assert as_tuples(sample_continuous(opinionated, tok, prompts, keys, **settings)) == as_tuples(
+        sample_continuous(plain, tok, prompts, keys, **settings)
+    )
+    # transformers' continuous batching would drop them with a warning: refused instead
+    for penalty in ({"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 4}):
+        with pytest.raises(ValueError, match="need generation.backend `generate`"):
+            sample_continuous(plain, tok, prompts, keys, **penalty)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"truncated": "drop"}, "truncated must be one of drop_last_turn, reject, keep"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be above 0"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be at least 0"),
+        ({"backend": "continuous", "repetition_penalty": 1.2}, "backend must be `generate` when repetition_penalty"),
+        ({"backend": "continuous", "no_repeat_ngram_size": 8}, "backend must be `generate` when repetition_penalty"),
+    ],
+)
+def test_generation_arguments_refuse_bad_truncation_and_repetition_settings(changes, message):
+    from spc_train.configs import FieldValueError, GenerationArguments
+
+    with pytest.raises(FieldValueError, match=message):
+        GenerationArguments(**changes)
+    defaults = GenerationArguments()
+    assert (defaults.truncated, defaults.repetition_penalty, defaults.no_repeat_ngram_size) == (
+        "drop_last_turn",
+        1.0,
+        0,
+    )

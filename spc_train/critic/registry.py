@@ -3,7 +3,8 @@
 Like open-r1's reward registry: a string key in YAML picks a constructor. Models are loaded once, lazily, and only
 if an expert that needs them is asked for. `check_experts` runs at start-up, before any stage: it needs only the
 judge's tokenizer and the classifiers' config.json files, so a judge that cannot write "Yes" as one token, or an NLI
-model without a contradiction label, fails in seconds instead of after generation.
+model without a contradiction label, fails in seconds instead of after generation. An embedder is checked only for
+being there (its folder, or the Hub cache).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import faithfulness, fed, toxicity
 from .faithfulness import FaithfulnessExpert, faithfulness_examples
 from .faithfulness_nli import NliFaithfulnessExpert, contradiction_label
 from .fed import POLICIES, FedPolicyExpert
+from .persona_grounding import PersonaGroundingExpert, sentence_embed
 from .toxicity import ToxicityExpert, toxic_label
 
 logger = logging.getLogger(__name__)
@@ -54,10 +56,20 @@ def _policy(name, critic, judge, classifier):
     return FedPolicyExpert(name, judge())
 
 
+def _persona_grounding(name, critic, judge, classifier):
+    from ..models import load_embedder
+
+    embed = sentence_embed(load_embedder(critic.embedder))
+    return PersonaGroundingExpert(
+        name, embed, role=critic.persona_grounding_role, threshold=critic.persona_grounding_threshold
+    )
+
+
 EXPERTS: dict[str, Callable] = {
     "faithfulness": _faithfulness,
     "faithfulness_nli": _faithfulness_nli,
     "toxicity": _toxicity,
+    "persona_grounding": _persona_grounding,
     **{policy: _policy for policy in POLICIES},
 }
 
@@ -69,6 +81,7 @@ class Needs:
     options: tuple[str, ...] = ()
     model_field: str | None = None  # the CriticConfig field naming the classifier
     label: Callable | None = None  # finds the needed label in the classifier's config, or raises JudgeError
+    embedder_field: str | None = None  # the CriticConfig field naming a sentence embedder
 
 
 def needs(name: str, critic) -> Needs:
@@ -80,6 +93,8 @@ def needs(name: str, critic) -> Needs:
         if critic.toxicity_model:
             return Needs(model_field="toxicity_model", label=toxic_label)
         return Needs(options=tuple(toxicity.OPTIONS))
+    if name == "persona_grounding":
+        return Needs(embedder_field="embedder")
     if name in POLICIES:
         return Needs(options=tuple(fed.OPTIONS))
     raise KeyError(name)
@@ -97,15 +112,27 @@ def judge_options(critic) -> dict[str, tuple[str, ...]]:
     return {name: needs(name, critic).options for name in critic.experts if needs(name, critic).options}
 
 
-def check_experts(critic, judge_tokenizer=None, load_config: Callable | None = None) -> None:
+def check_experts(
+    critic, judge_tokenizer=None, load_config: Callable | None = None, find_embedder: Callable | None = None
+) -> None:
     """Fail before any work if a configured expert cannot run: unknown name, bad example count, an answer option
-    that is not a single token of `judge_tokenizer`, or a classifier without its label (only config.json is read).
+    that is not a single token of `judge_tokenizer`, a classifier without its label (only config.json is read), a
+    missing embedder, or a grounding filter without its threshold.
     """
     _check_names(critic)
     try:
         faithfulness_examples(critic.faithfulness_examples)
     except ValueError as error:
         raise ExpertCheckError(str(error)) from None
+    if (
+        "persona_grounding" in critic.experts
+        and critic.persona_grounding_role == "filter"
+        and critic.persona_grounding_threshold is None
+    ):
+        raise ExpertCheckError(
+            "The persona_grounding expert is a filter (critic.persona_grounding_role) without a threshold: "
+            "set critic.persona_grounding_threshold, or make it a voter."
+        )
     options = judge_options(critic)
     if options and judge_tokenizer is None:
         raise ExpertCheckError(f"Critic experts {sorted(options)} prompt the judge, but no judge tokenizer was given.")
@@ -117,6 +144,8 @@ def check_experts(critic, judge_tokenizer=None, load_config: Callable | None = N
                 raise ExpertCheckError(f"Critic expert '{name}': {error}") from None
     for name in critic.experts:
         need = needs(name, critic)
+        if need.embedder_field is not None:
+            (find_embedder or _embedder_available)(getattr(critic, need.embedder_field), f"{name} embedder")
         if need.model_field is None:
             continue
         path = getattr(critic, need.model_field)
@@ -138,28 +167,71 @@ def _classifier_config(path: str, role: str):
     return AutoConfig.from_pretrained(path)
 
 
+def _embedder_available(name_or_path: str, role: str) -> None:
+    from ..models import check_available, resolve_embedder
+
+    check_available(resolve_embedder(name_or_path), role)
+
+
 def build_experts(critic, judge: Callable[[], Judge], classifier: Callable) -> list:
     """Experts named in the recipe; `judge()` and `classifier(path)` load their models on first use."""
     _check_names(critic)
     return [EXPERTS[name](name, critic, judge, classifier) for name in critic.experts]
 
 
+def _full_matrices(candidates: list[dict], asked: list[int], matrices: list[list[float]]) -> list[list[float]]:
+    """A policy's pairwise rows over the asked candidates, widened to every candidate of each pair, NaN where one
+    was not asked: `pairwise[i][j]` is candidate i against its pair's j-th candidate in candidate order, which is
+    how selection reads it. A policy orders the candidates it is given the same way, so the asked ones keep their
+    relative places."""
+    members: dict[str, list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        members.setdefault(candidate["pair_id"], []).append(index)
+    for group in members.values():
+        group.sort(key=lambda i: candidates[i]["candidate"])
+    asked_set = set(asked)
+    full = [[float("nan")] * len(members[c["pair_id"]]) for c in candidates]
+    for index, matrix in zip(asked, matrices):
+        group = members[candidates[index]["pair_id"]]
+        places = [place for place, member in enumerate(group) if member in asked_set]
+        for place, value in zip(places, matrix):
+            full[index][place] = value
+    return full
+
+
 def critique(candidates: list[dict], experts: list) -> list[dict]:
-    """Every candidate scored by every expert; FED policies also keep their pairwise matrices.
+    """Every parsed candidate scored by every expert; FED policies also keep their pairwise matrices.
 
     `reasons[name]` holds what an expert that can explain itself found (e.g. faithfulness_nli: the contradicting
     utterance and attribute); experts that give no reasons are absent from it.
+
+    An unparsed candidate (`parsed` false: no conversation, or refused by `generation.candidates.parse_candidate`)
+    is shown to no expert, so no judge call is spent on it and no score of text that is not a conversation is
+    stored: its scores are NaN (which fails every filter), its pairwise rows all NaN (the pair's n x n matrix keeps
+    its shape), and `reasons["parse"]` is `"unparsed: <reject_reason>"`. Selection already refuses it.
     """
+    nan = float("nan")
     rows = [{**c, "scores": {}, "pairwise": {}, "reasons": {}} for c in candidates]
+    asked = [i for i, c in enumerate(candidates) if c.get("parsed", True)]
+    shown = [candidates[i] for i in asked]
+    for row, candidate in zip(rows, candidates):
+        if not candidate.get("parsed", True):
+            row["reasons"]["parse"] = f"unparsed: {candidate.get('reject_reason') or 'no conversation'}"
     for expert in tqdm(experts, desc="critique", unit="expert"):
-        logger.info("Expert %s scores %d candidates.", expert.name, len(rows))
-        for row, value in zip(rows, expert.score(candidates)):
-            row["scores"][expert.name] = value
+        logger.info("Expert %s scores %d of %d candidates (parsed).", expert.name, len(shown), len(rows))
+        values = expert.score(shown) if shown else []
+        for row in rows:
+            row["scores"][expert.name] = nan
+        for index, value in zip(asked, values):
+            rows[index]["scores"][expert.name] = value
         if expert.kind == "policy":
-            for row, matrix in zip(rows, expert.pairwise):
+            matrices = expert.pairwise if shown else []
+            for row, matrix in zip(rows, _full_matrices(candidates, asked, matrices)):
                 row["pairwise"][expert.name] = matrix
-        reasons = getattr(expert, "reasons", None)
+        reasons = getattr(expert, "reasons", None) if shown else None
         if reasons and any(reason is not None for reason in reasons):
-            for row, reason in zip(rows, reasons):
-                row["reasons"][expert.name] = reason
+            for row in rows:
+                row["reasons"][expert.name] = None
+            for index, reason in zip(asked, reasons):
+                rows[index]["reasons"][expert.name] = reason
     return rows

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..configs import TRUNCATED_CANDIDATES
 from ..data.conversation import parse_conversation
 from ..data.prompts import generator_prompt, render
 from ..runs import pending_shards, shard_path, write_shard
 from .continuous import sample_conversations_continuous
 from .engine import sample_conversations
+from .rejections import reject_reason
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,42 @@ def fit_prompt(tokenizer, pair: dict, examples: list[dict], budget: int | None) 
         examples = examples[:-1]
 
 
-def parse_candidate(text: str, min_turns: int) -> dict:
+def parse_candidate(
+    text: str, min_turns: int, *, finish_reason: str = "stop", truncated: str = "drop_last_turn"
+) -> dict:
+    """The candidate's turns, whether it may be selected (`parsed`) and, when not, why (`reject_reason`).
+
+    In order: what the model wrote is checked by `rejections.reject_reason` (commentary, profile blocks, other
+    speakers, loops); a candidate cut by `max_new_tokens` (`finish_reason` not "stop") then loses its unfinished last
+    turn (`drop_last_turn`: the turn on the text's last line, which the model was still writing), is refused
+    (`reject`), or is kept as it is (`keep`); what is left must have `min_turns` turns from both users.
+    """
+    if truncated not in TRUNCATED_CANDIDATES:
+        raise ValueError(f"truncated must be one of {', '.join(TRUNCATED_CANDIDATES)}, got {truncated!r}.")
     parsed = parse_conversation(text)
-    speakers = {turn["speaker"] for turn in parsed.turns}
-    ok = len(parsed.turns) >= min_turns and speakers == {1, 2}
-    return {"turns": parsed.turns, "parsed": ok, "skipped_lines": len(parsed.skipped)}
+    turns = parsed.turns
+    cut = finish_reason != "stop"
+    lines = [line for line in text.splitlines() if line.strip()] if isinstance(text, str) else []
+    dropped = cut and truncated == "drop_last_turn" and bool(lines) and bool(parse_conversation(lines[-1]).turns)
+    if dropped:
+        turns = turns[:-1]
+    reason = reject_reason(parsed)  # what the model wrote, before any unfinished turn is dropped: a loop is a loop
+    if not reason and cut and truncated == "reject":
+        reason = "truncated: stopped at max_new_tokens"
+    if not reason and not turns:
+        reason = "no_turns"
+    if not reason and len({turn["speaker"] for turn in turns}) < 2:
+        reason = f"one_speaker: only user {turns[0]['speaker']}"
+    if not reason and len(turns) < min_turns:
+        reason = f"too_few_turns: {len(turns)} < {min_turns}"
+    return {
+        "turns": turns,
+        "parsed": not reason,
+        "reject_reason": reason,
+        "skipped_lines": len(parsed.skipped),
+        "truncated": cut,
+        "dropped_unfinished_turn": dropped,
+    }
 
 
 def generate_shards(
@@ -70,13 +103,7 @@ def generate_shards(
     todo = pending_shards(shards_dir, num_shards, process_index, num_processes)
     context = getattr(model.config, "max_position_embeddings", None)
     budget = args.max_prompt_tokens or (context - args.max_new_tokens if context else None)
-    generation_kwargs = {
-        "do_sample": True,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens,
-    }
+    generation_kwargs = sampling_settings(args)
     stats = {"shards_generated": len(todo), "examples_dropped": 0, "new_tokens": 0, "candidates_generated": 0}
     total_pairs = sum(len(pairs[i * args.shard_size : (i + 1) * args.shard_size]) for i in todo)
     start = time.perf_counter()
@@ -113,7 +140,12 @@ def generate_shards(
                             "user2_persona": pair["user2_persona"],
                             "candidate": index,
                             "text": sample.text,
-                            **parse_candidate(sample.text, args.min_turns),
+                            **parse_candidate(
+                                sample.text,
+                                args.min_turns,
+                                finish_reason=sample.finish_reason,
+                                truncated=args.truncated,
+                            ),
                             "num_tokens": sample.num_tokens,
                             "finish_reason": sample.finish_reason,
                             "few_shot_examples": used,
@@ -131,21 +163,32 @@ def generate_shards(
     return {**stats, "num_shards": num_shards}
 
 
+def sampling_settings(args) -> dict:
+    """What the recipe sets of the sampling, all of it: the engine applies exactly these (never the model's own
+    `generation_config` values for them), and `save_generation_config` records exactly these."""
+    return {
+        "do_sample": True,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": float(args.repetition_penalty),
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "max_new_tokens": args.max_new_tokens,
+    }
+
+
 def save_generation_config(model, tokenizer, args, folder: Path) -> None:
     """The sampling settings of this stage as a `GenerationConfig`, stopping at the chat end-of-turn token(s).
 
-    Saved beside the candidates, so `GenerationConfig.from_pretrained(folder)` reproduces how they were sampled.
+    Saved beside the candidates, so `GenerationConfig.from_pretrained(folder)` reproduces how they were sampled: the
+    recipe's values (`sampling_settings`), whatever the model's own generation config says.
     """
     from transformers import GenerationConfig
 
     from .engine import stop_token_ids
 
     GenerationConfig(
-        do_sample=True,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
+        **sampling_settings(args),
         num_return_sequences=args.num_candidates,
         eos_token_id=stop_token_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id,

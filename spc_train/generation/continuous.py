@@ -52,6 +52,10 @@ def sample_conversations_continuous(
 
     if not prompts:
         return []
+    if generation_kwargs.get("repetition_penalty", 1.0) != 1.0 or generation_kwargs.get("no_repeat_ngram_size"):
+        # transformers' continuous batching drops these processors with a mere warning (`GenerationArguments` refuses
+        # the combination at `check`; this guards other callers)
+        raise ValueError("repetition_penalty and no_repeat_ngram_size need generation.backend `generate`.")
     stop_ids = stop_token_ids(model, tokenizer)
     config = GenerationConfig(
         **generation_kwargs, num_return_sequences=n, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id

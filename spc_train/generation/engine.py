@@ -4,7 +4,9 @@ Prompts are sorted by length and packed into batches under a token budget (promp
 padded, and each prompt is encoded once and sampled `n` times with `num_return_sequences`. Each candidate draws its
 tokens with its own noise, keyed by (seed, prompt key, candidate index) (`sampling.py`), so a candidate does not depend
 on the batch plan: resume, another process count or an out-of-memory split give the same candidates (up to float
-rounding). Out of memory halves the batch and retries; no prompt is lost.
+rounding). The sampling settings are the caller's (the recipe's) alone: the model's `generation_config` cannot add
+its own temperature, top-k / top-p or penalties (`sampling.NEUTRAL`). Out of memory halves the batch and retries; no
+prompt is lost.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _generate(
     model, tokenizer, prompts: list[str], n: int, generation_kwargs: dict, stop_ids: list[int], row_keys: list[int]
 ):
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    kwargs, processors = seeded_sampling(generation_kwargs, row_keys, encoded["input_ids"].shape[1])
+    pad_lengths = (encoded["attention_mask"] == 0).sum(-1).repeat_interleave(n).tolist()  # num_return_sequences rows
+    kwargs, processors = seeded_sampling(generation_kwargs, row_keys, encoded["input_ids"].shape[1], pad_lengths)
     output = model.generate(
         **encoded,
         num_return_sequences=n,
