@@ -149,6 +149,14 @@ class ModelSpec(_Checked):
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the model repository (opt-in)."}
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A .gguf file inside `name_or_path` (folder or Hub repo), loaded through transformers' GGUF "
+            "support, dequantized (dtype auto: float32 on CPU, bfloat16 on a bf16 GPU); needs the `gguf` package. "
+            "Not with load_in_4bit."
+        },
+    )
 
     # Names, paths and revisions are free text: typed here, found (or not) by `check` before any work.
     def _rules(self) -> dict[str, Rule]:
@@ -288,6 +296,7 @@ class PersonasConfig(PersonaExpansionConfig):
 
 
 GENERATION_BACKENDS = ("generate", "continuous")
+TRUNCATED_CANDIDATES = ("drop_last_turn", "reject", "keep")  # generation.truncated; see generation/candidates.py
 
 
 @dataclass
@@ -299,8 +308,11 @@ class GenerationArguments(_Checked):
         default=5, metadata={"help": "Example conversations in the paper's few-shot prompt (paper: 5)."}
     )
     zero_shot_with_adapter: bool = field(
-        default=True,
-        metadata={"help": "Prompt a fine-tuned generator zero-shot (instruction + profiles), as it was trained."},
+        default=False,
+        metadata={
+            "help": "Prompt a fine-tuned generator zero-shot (instruction + profiles), as its SFT rows are. Off by "
+            "default: a weak real generator lost the format without its examples (SmolLM2-135M: 7 -> 1 of 16 parsed)."
+        },
     )
     max_new_tokens: int = field(default=768, metadata={"help": "Most tokens generated per candidate."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)."})
@@ -315,6 +327,28 @@ class GenerationArguments(_Checked):
     )
     shard_size: int = field(default=64, metadata={"help": "User pairs per shard, the unit of resume."})
     min_turns: int = field(default=4, metadata={"help": "A candidate parses when it has at least this many turns."})
+    truncated: str = field(
+        default="drop_last_turn",
+        metadata={
+            "help": "A candidate cut by max_new_tokens ends in a turn the model was still writing, which must not be "
+            "selected or trained on as it is. `drop_last_turn`: drop that turn, then apply min_turns to the rest; "
+            "`reject`: refuse the candidate; `keep`: keep it whole (the old behaviour)."
+        },
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={
+            "help": "transformers' repetition penalty over the prompt and the candidate (above 1 discourages the "
+            "loops small models fall into; 1.0 disables it). The model's own generation_config never applies."
+        },
+    )
+    no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={
+            "help": "Forbid repeating any n-gram of this many tokens of the prompt or the candidate (0 disables it). "
+            "Every turn starts with `User N:`, and the few-shot examples are in the prompt: keep it large (>= 8)."
+        },
+    )
     backend: str = field(
         default="generate",
         metadata={
@@ -335,8 +369,19 @@ class GenerationArguments(_Checked):
             "batch_tokens": AT_LEAST_1,
             "shard_size": AT_LEAST_1,
             "min_turns": AT_LEAST_1,
+            "truncated": one_of(TRUNCATED_CANDIDATES),
+            "repetition_penalty": POSITIVE,
+            "no_repeat_ngram_size": AT_LEAST_0,  # 0: off
             "backend": one_of(GENERATION_BACKENDS),
         }
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backend == "continuous" and (self.repetition_penalty != 1.0 or self.no_repeat_ngram_size):
+            # transformers' continuous batching drops these processors with a warning: refuse, not ignore, them
+            raise FieldValueError(
+                "backend", self.backend, "`generate` when repetition_penalty or no_repeat_ngram_size is set"
+            )
 
 
 @dataclass
@@ -355,7 +400,8 @@ class CriticConfig(_Checked):
         ],
         metadata={
             "help": "Experts to run, by registry name: faithfulness, faithfulness_nli (needs nli_model), toxicity, "
-            "and the FED policies (depth, coherency, consistency, diversity, likable)."
+            "persona_grounding (uses embedder), and the FED policies (depth, coherency, consistency, diversity, "
+            "likable)."
         },
     )
     faithfulness_threshold: float = field(
@@ -385,6 +431,24 @@ class CriticConfig(_Checked):
     toxicity_model: str | None = field(
         default=None, metadata={"help": "A sequence classifier for toxicity; unset asks the judge LLM instead."}
     )
+    embedder: str = field(
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        metadata={"help": "Sentence embedder of the persona_grounding expert (offline: the gt package copy)."},
+    )
+    persona_grounding_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "persona_grounding (0-1, HIGHER is better): a candidate fails when its score is below this. "
+            "null: not a filter. Required when persona_grounding_role is `filter`."
+        },
+    )
+    persona_grounding_role: str = field(
+        default="vote",
+        metadata={
+            "help": "persona_grounding in selection: `vote` (one more vote beside the FED policies, for the best "
+            "grounded survivor; a set threshold also filters) or `filter` (only the threshold)."
+        },
+    )
     judge_context: int | None = field(
         default=None,
         metadata={"help": "Judge context in tokens; longer prompts are truncated in the middle (logged)."},
@@ -409,6 +473,9 @@ class CriticConfig(_Checked):
             "faithfulness_threshold": FILTER_THRESHOLD,
             "faithfulness_nli_threshold": FILTER_THRESHOLD,
             "toxicity_threshold": FILTER_THRESHOLD,
+            "embedder": NOT_EMPTY,
+            "persona_grounding_threshold": optional(PROBABILITY, "no grounding filter"),
+            "persona_grounding_role": one_of(("filter", "vote")),
             "judge_context": optional(AT_LEAST_1, "the judge's own context length"),
             "batch_tokens": AT_LEAST_1,
             "shard_size": AT_LEAST_1,

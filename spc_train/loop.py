@@ -546,9 +546,20 @@ class Loop:
 
         candidates_dir, candidates_fp = self._input("candidates", iteration, "generate")
         critic = self.recipe.critic
-        # Thresholds only matter to `select`: changing them must not re-score.
-        config = {k: v for k, v in self.recipe.section("critic").items() if not k.endswith("_threshold")}
+        # Thresholds and the grounding's role only matter to `select`: changing them must not re-score. The embedder
+        # counts only where `persona_grounding` uses it, so runs without that expert keep their fingerprints.
+        grounded = "persona_grounding" in critic.experts
+        selection_only = ("persona_grounding_role",) + (() if grounded else ("embedder",))
+        config = {
+            k: v
+            for k, v in self.recipe.section("critic").items()
+            if not k.endswith("_threshold") and k not in selection_only
+        }
         models = {"judge": self.identities()["judge"], "toxicity": self.identities()["toxicity"]}
+        if grounded:
+            from .models import resolve_embedder
+
+            models["embedder"] = identity(resolve_embedder(critic.embedder))
         if critic.nli_model and "faithfulness_nli" in critic.experts:
             models["nli"] = identity(critic.nli_model)
         folder = self.run.stage_dir("critiques", iteration)
@@ -600,6 +611,13 @@ class Loop:
         }
         return {name: value for name, value in known.items() if name in critic.experts}
 
+    def grounding(self) -> tuple[str, float | None] | None:
+        """How `persona_grounding` takes part in the selection (role, threshold), if it is an expert."""
+        critic = self.recipe.critic
+        if "persona_grounding" not in critic.experts:
+            return None
+        return critic.persona_grounding_role, critic.persona_grounding_threshold
+
     def stage_select(self, iteration: int) -> str:
         from .critic.fed import POLICIES
         from .critic.selection import select
@@ -607,9 +625,10 @@ class Loop:
         critiques_dir, critiques_fp = self._input("critiques", iteration, "critique")
         thresholds = self.thresholds()
         policies = [name for name in self.recipe.critic.experts if name in POLICIES]
+        grounding = self.grounding()
 
         def write(out: Path) -> dict:
-            selected, stats = select(load_rows(critiques_dir), thresholds, policies)
+            selected, stats = select(load_rows(critiques_dir), thresholds, policies, grounding=grounding)
             save_rows(selected, out)
             if not selected:
                 logger.warning("Iteration %d selected no conversation: %s.", iteration, _empty_selection_cause(stats))
@@ -620,6 +639,8 @@ class Loop:
             return {"rows": len(selected), **stats}
 
         config = {"thresholds": thresholds, "policies": policies}
+        if grounding:  # only when used, so runs without the expert keep their fingerprints
+            config["grounding"] = list(grounding)
         return self._stage("selected", iteration, config, [critiques_fp], {}, write)
 
     def stage_sft_data(self, iteration: int) -> str:
@@ -769,8 +790,11 @@ class Loop:
         measured: dict[str, Any] = {}
 
         def measure(fp: str) -> None:  # on every process: the judge divides its passes among them
+            from .evaluation.metrics import bootstrap_mean_interval
+
             adapter = read_stage(self.run.stage_dir("adapter", iteration)) if adapter_fp else None
             selection = read_stage(selected_dir)
+            generated = read_stage(self.run.stage_dir("candidates", iteration)) or {}
             critiques = load_rows(critiques_dir)
             selected = load_rows(selected_dir)
             seed = load_rows(seed_dir)
@@ -787,6 +811,7 @@ class Loop:
             metrics.update(
                 candidates=len(critiques),
                 parse_rate=selection["parse_rate"],
+                stopped_rate=generated.get("stopped_rate", float("nan")),
                 pass_rate=selection["pass_rate"],
                 sft_loss=adapter["train_loss"] if adapter else float("nan"),
             )
@@ -795,6 +820,14 @@ class Loop:
             for name in recipe.critic.experts:
                 if name in self.thresholds():
                     metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
+                elif name == "persona_grounding":  # absolute: its mean over all candidates shows the generator move
+                    mean, low, high = bootstrap_mean_interval(
+                        [row["scores"].get(name) for row in critiques], seed=recipe.loop.seed
+                    )
+                    metrics |= {
+                        f"{name}_candidates_{key}": v for key, v in zip(("mean", "low", "high"), (mean, low, high))
+                    }
+                    metrics[f"{name}_selected_mean"] = _mean(row["scores"].get(name) for row in selected)
                 else:
                     metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
 

@@ -13,8 +13,9 @@ from .runs import StageInputError, read_stage
 def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]:
     """Every check, writing nothing and loading only tokenizers and config files; what the run would use, a line each.
 
-    Models are looked for in local folders, the Hugging Face cache, or on the Hub when online. The seed path is not
-    needed again once `run_dir` has imported it (a resumed or reproduced run).
+    Models are looked for in local folders, the Hugging Face cache, or on the Hub when online; a GGUF model's file
+    header is read, so a missing file or an architecture transformers cannot load from GGUF fails here. The seed path
+    is not needed again once `run_dir` has imported it (a resumed or reproduced run).
     """
     from accelerate import PartialState
 
@@ -76,6 +77,7 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
     options = sorted({o for asked in critic_options.values() for o in asked} | {*evaluation_options})
     return [
         f"generator: {recipe.model.name_or_path}"
+        + (f" (GGUF {recipe.model.gguf_file}, dequantized)" if recipe.model.gguf_file else "")
         + (f" + adapter {recipe.model.adapter}" if recipe.model.adapter else ""),
         f"judge: {judge}; answer options {options} are single tokens",
         f"experts: {', '.join(recipe.critic.experts)}",

@@ -121,6 +121,12 @@ def test_judge_defaults_to_generator_base(tmp_path):
 
 # Bad values for every field of every section but `training` (TRL's own). A new field needs a row here.
 BAD_VALUES = {
+    "generation.truncated": ["drop"],
+    "generation.repetition_penalty": [0],
+    "generation.no_repeat_ngram_size": [-1],
+    "critic.embedder": [""],
+    "critic.persona_grounding_threshold": [-0.1, 1.5],
+    "critic.persona_grounding_role": ["rank"],
     "seed.path": [3],
     "seed.format": ["csv"],
     "seed.split": [["train"]],
@@ -138,6 +144,7 @@ BAD_VALUES = {
             "load_in_4bit": [3],
             "adapter": [["a", "b"]],
             "trust_remote_code": [3],
+            "gguf_file": [3],
         }.items()
     },
     "model.lora_r": [0],
