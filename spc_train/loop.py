@@ -63,7 +63,11 @@ def _empty_selection_cause(stats: dict) -> str:
     if not total:
         return "there were no candidates"
     parts = [f"{1 - stats['parse_rate']:.0%} of {total} candidates did not parse"] if stats["parse_rate"] < 1 else []
-    parts += [f"`{name}` rejected {1 - rate:.0%}" for name, rate in stats["filter_pass_rates"].items() if rate < 1]
+    parts += [  # of the parsed candidates (NaN: none parsed, so no filter saw any)
+        f"`{name}` rejected {1 - rate:.0%} of the parsed"
+        for name, rate in stats["filter_pass_rates"].items()
+        if rate < 1
+    ]
     return "; ".join(parts) or "no candidate passed"
 
 

@@ -452,7 +452,8 @@ def test_selection_statistics_and_pairs_without_survivor():
         "pairs_without_survivor": ["a", "c"],
         "parse_rate": 0.75,
         "pass_rate": 0.375,  # b1, d0, d1
-        "filter_pass_rates": {"faithfulness": 0.75, "toxicity": 0.75},  # NaN fails; unparsed rows still count
+        # Over the 6 parsed candidates (the critic scores no other): NaN fails.
+        "filter_pass_rates": {"faithfulness": 0.6667, "toxicity": 0.8333},
     }
 
 

@@ -106,9 +106,11 @@ def select(
         best, detail = _pick(survivors, policies, list(thresholds), vote)
         selected.append({**best, "selected": True, **detail})
     checked = [dict(row, passed=passes(row, thresholds, grounding)) for row in rows]
-    filter_pass_rates = {name: _rate(r["scores"].get(name, 0.0) < t for r in rows) for name, t in thresholds.items()}
+    # Filters judge parsed candidates only (the critic never scores the others): a filter is blamed for what it saw.
+    parsed = [r for r in rows if r["parsed"]]
+    filter_pass_rates = {name: _rate(r["scores"].get(name, 0.0) < t for r in parsed) for name, t in thresholds.items()}
     if threshold is not None:
-        filter_pass_rates[GROUNDING] = _rate(grounded_enough(r["scores"].get(GROUNDING), threshold) for r in rows)
+        filter_pass_rates[GROUNDING] = _rate(grounded_enough(r["scores"].get(GROUNDING), threshold) for r in parsed)
     stats = {
         "candidates": len(rows),
         "pairs": len(by_pair),
