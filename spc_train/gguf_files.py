@@ -7,7 +7,6 @@ into an ordinary dense model; its identity is the file's sha256 (the rest of the
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -124,21 +123,6 @@ def gguf_context_length(path: str | Path) -> int | None:
     header = gguf_header(path)
     context = header.get(f"{header.get('general.architecture')}.context_length")
     return int(context) if context else None
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """The whole file's sha256 (what the Hub shows for an LFS file), computed once per process while unchanged."""
-    stat = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def smollm2_gguf() -> tuple[str, str] | None:

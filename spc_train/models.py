@@ -19,13 +19,13 @@ from typing import Any
 
 from .configs import ModelSpec, RecipeError
 from .gguf_files import (
-    file_sha256,
     gguf_architecture_supported,
     gguf_architectures,
     gguf_context_length,
     gguf_header,
     gguf_path,
 )
+from .runs import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -114,7 +114,9 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256 (what the Hub shows for an LFS file), computed once per process while it is unchanged."""
+    path = Path(path)
     stat = path.stat()
     return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 

@@ -190,12 +190,12 @@ def test_one_lora_step_on_the_gguf_base_changes_the_logits(spec, loaded, tmp_pat
 
 
 def test_identity_is_the_sha256_of_the_gguf_file(spec):
-    from spc_train import gguf_files
+    from spc_train import runs
     from spc_train.models import identity, spec_identity
 
     folder, file = REAL
     digest = hashlib.sha256((Path(folder) / file).read_bytes()).hexdigest()
     assert identity(folder, gguf_file=file) == {"path": folder, "gguf_file": file, "sha256": digest}
-    hits = gguf_files._sha256.cache_info().hits
+    hits = runs._sha256.cache_info().hits
     model = spec_identity(spec)["model"]
-    assert model["sha256"] == digest and gguf_files._sha256.cache_info().hits > hits  # hashed once per process
+    assert model["sha256"] == digest and runs._sha256.cache_info().hits > hits  # hashed once per process
