@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +53,10 @@ class Judge:
     context: int | None = None
     truncated: int = 0
     examples_dropped: int = 0
+    # Of the last `option_probabilities` call, per question in order: the raw next-token probability on the answer
+    # options before renormalisation (a judge that answers off-option puts little there), and its top token.
+    last_option_mass: list[float] = field(default_factory=list)
+    last_top_tokens: list[str] = field(default_factory=list)
 
     def render(self, question: str, examples: Sequence[tuple[str, str]] = ()) -> str:
         """The prompt up to where the answer begins; `examples` are answered (question, answer) turns shown first."""
@@ -119,6 +123,8 @@ class Judge:
         extra = {"logits_to_keep": 1} if self._keeps_last_logits_only() else {}
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[float]] = [[] for _ in questions]
+        raw_mass: list[float] = [0.0] * len(questions)
+        top: list[int] = [0] * len(questions)
         start = 0
         while start < len(order):
             width = len(encoded[order[start]])
@@ -144,8 +150,13 @@ class Judge:
             logits = logits.float()
             option_logits = torch.stack([logits[:, ids].logsumexp(-1) for ids in option_ids], dim=-1)
             mass = option_logits.softmax(-1)
+            on_options = (option_logits.logsumexp(-1) - logits.logsumexp(-1)).exp()
+            best = logits.argmax(-1)
             for row, index in enumerate(batch):
                 results[index] = mass[row].tolist()
+                raw_mass[index], top[index] = float(on_options[row]), int(best[row])
+        self.last_option_mass = raw_mass
+        self.last_top_tokens = [self.tokenizer.decode([token]) for token in top]
         if self.examples_dropped > dropped:
             logger.warning(
                 "Dropped %d in-context examples to fit judge prompts in the judge context.",
@@ -174,6 +185,10 @@ class DataParallelJudge(Judge):
         count, rank = state.num_processes, state.process_index
         mine = super().option_probabilities(questions[rank::count], options, examples)
         results: list[list[float]] = [[] for _ in questions]
-        for process, answers in enumerate(gather_object([mine])):  # one list per process, in process order
-            results[process::count] = answers
+        mass: list[float] = [0.0] * len(questions)
+        top: list[str] = [""] * len(questions)
+        gathered = gather_object([(mine, self.last_option_mass, self.last_top_tokens)])  # one per process, in order
+        for process, (answers, masses, tokens) in enumerate(gathered):
+            results[process::count], mass[process::count], top[process::count] = answers, masses, tokens
+        self.last_option_mass, self.last_top_tokens = mass, top
         return results

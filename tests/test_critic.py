@@ -189,7 +189,7 @@ def test_data_parallel_judge_asks_its_share_and_returns_every_answer_in_order(to
 
         def gather(objects, rank=rank):
             shares[rank] = objects[0]
-            return [shares.get(0, [[0.5, 0.5]] * 4), shares[1]]
+            return [shares.get(0, ([[0.5, 0.5]] * 4, [0.0] * 4, [""] * 4)), shares[1]]
 
         monkeypatch.setattr(
             accelerate, "PartialState", lambda rank=rank: SimpleNamespace(num_processes=2, process_index=rank)
@@ -200,6 +200,7 @@ def test_data_parallel_judge_asks_its_share_and_returns_every_answer_in_order(to
         asked[rank] = sorted(tok.decode(ids).count("word") for ids in judge.model.seen)
     assert asked == {0: [0, 2, 4, 6], 1: [1, 3, 5]}
     assert result == expected
+    assert len(judge.last_option_mass) == len(questions)  # the option masses are gathered in the same order
 
 
 def test_left_padding_does_not_change_the_answer(tok):
@@ -707,3 +708,13 @@ def test_a_real_judge_is_never_asked_about_an_unparsed_candidate(tok):
     assert len(judge.model.seen) == 2 + 2 + 2  # faithfulness and toxicity: 2 each; depth: both orders of (0, 2)
     assert all(math.isnan(value) for value in rows[1]["scores"].values())
     assert [len(row["pairwise"]["depth"]) for row in rows] == [3, 3, 3]
+
+
+def test_option_mass_is_the_raw_probability_on_the_options_before_renormalising(tok):
+    off = rule_judge(tok, lambda text: {"1": 200.0, "Yes": 2.0, "No": 0.0})
+    off.option_probabilities(["Is it so?", "Really?"], ["Yes", "No"])
+    assert off.last_option_mass == pytest.approx([0.0, 0.0], abs=1e-6)  # it answers "1", off-option
+    assert [token.strip() for token in off.last_top_tokens] == ["1", "1"]
+    on = rule_judge(tok, lambda text: {"Yes": 200.0})
+    on.option_probabilities(["Is it so?"], ["Yes", "No"])
+    assert on.last_option_mass == pytest.approx([1.0], abs=1e-6)
