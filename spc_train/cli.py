@@ -31,20 +31,20 @@ from pathlib import Path
 
 logger = logging.getLogger("spc_train")
 
-# Stage subcommands: name -> (Loop method, whether it takes --iteration).
+# Stage subcommands: name -> whether it takes --iteration (the stages themselves: `loop.STAGES`).
 STAGES = {
-    "seed": ("stage_seed", False),
-    "expand-personas": ("stage_personas", False),
-    "build-profiles": ("stage_profiles", False),
-    "pair-users": ("stage_pairs", False),
-    "generate": ("stage_generate", True),
-    "critique": ("stage_critique", True),
-    "select": ("stage_select", True),
-    "sft-data": ("stage_sft_data", True),
-    "train": ("stage_train", True),
-    "evaluate-seed": ("stage_evaluate_seed", False),
-    "evaluate": ("stage_evaluate", True),
-    "report": ("stage_report", False),
+    "seed": False,
+    "expand-personas": False,
+    "build-profiles": False,
+    "pair-users": False,
+    "generate": True,
+    "critique": True,
+    "select": True,
+    "sft-data": True,
+    "train": True,
+    "evaluate-seed": False,
+    "evaluate": True,
+    "report": False,
 }
 
 
@@ -71,7 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir", help="Run directory.")
     status.add_argument("--config", help="Recipe YAML to compare with (default: RUN/recipe.yaml).")
 
-    for name, (_, iterated) in STAGES.items():
+    for name, iterated in STAGES.items():
         stage = add(name, help=f"Run the `{name}` stage alone on a run directory.")
         stage.add_argument("--run_dir", "--run-dir", required=True)
         stage.add_argument("--config", help="Recipe YAML (default: RUN/recipe.yaml).")
@@ -186,10 +186,12 @@ def export(args) -> int:
     loop = _run_loop(args.run_dir)
     recipe = {}
     if loop:
+        from .critic.selection import filter_thresholds, grounding_rule
+
         recipe = {
             "current": loop.current_fingerprints(),
-            "thresholds": loop.thresholds(),
-            "grounding": loop.grounding(),
+            "thresholds": filter_thresholds(loop.recipe.critic),
+            "grounding": grounding_rule(loop.recipe.critic),
         }
     print(export_run(args.run_dir, args.output, what=args.what, iteration=args.iteration, **recipe))
     return 0
@@ -232,11 +234,12 @@ def report_read_only(loop) -> int:
     """`report` on a run directory this user cannot write: build it in a temporary folder and print it."""
     import tempfile
 
+    from .critic.selection import filter_thresholds
     from .evaluation.summary import write_run_report
 
     loop.run.current = loop.current_fingerprints()
     with tempfile.TemporaryDirectory(prefix="spc-train-report-") as out:
-        write_run_report(loop.run, Path(out), loop.thresholds())
+        write_run_report(loop.run, Path(out), filter_thresholds(loop.recipe.critic))
         print((Path(out) / "report.md").read_text())
     logger.warning("%s is read-only: the report was printed, not saved.", loop.run.root)
     return 0
@@ -369,10 +372,9 @@ def run_command(args, overrides: list[str]) -> int:
             if main_process:
                 print(format_summary(loop.run))
             return 0
-        method, iterated = STAGES[args.command]
         loop.refuse_stale_inputs()
         loop.prepare()
-        getattr(loop, method)(*([args.iteration] if iterated else []))
+        loop.run_stage(args.command, args.iteration if STAGES[args.command] else None)
         return 0
 
 

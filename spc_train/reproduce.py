@@ -24,13 +24,13 @@ from .runs import RunDir, StageInputError, load_rows, output_files, package_vers
 
 logger = logging.getLogger(__name__)
 
-ITERATION_STAGES = [
-    ("candidates", "stage_generate"),
-    ("critiques", "stage_critique"),
-    ("selected", "stage_select"),
-    ("train", "stage_sft_data"),
-    ("adapter", "stage_train"),
-    ("eval", "stage_evaluate"),
+ITERATION_STAGES = [  # (folder, command)
+    ("candidates", "generate"),
+    ("critiques", "critique"),
+    ("selected", "select"),
+    ("train", "sft-data"),
+    ("adapter", "train"),
+    ("eval", "evaluate"),
 ]
 
 
@@ -73,11 +73,11 @@ def reproduce(run_dir: str | Path, iteration: int, work_dir: str | Path | None =
     loop = Loop(recipe, work)
     loop.prepare()
     results = []
-    for name, method in ITERATION_STAGES:
+    for name, command in ITERATION_STAGES:
         recorded = read_stage(run.stage_dir(name, iteration))
         if recorded is None:
             continue  # e.g. train stages of a run with loop.train: false
-        getattr(loop, method)(iteration)
+        loop.run_stage(command, iteration)
         redone = read_stage(loop.run.stage_dir(name, iteration))
         folder = run.stage_dir(name, iteration)
         on_disk = _on_disk_problem(folder, recorded)

@@ -375,10 +375,10 @@ def test_prepare_fails_before_any_work_when_the_judge_cannot_write_yes(no_yes_to
 
 
 def test_thresholds_include_faithfulness_nli(tmp_path):
-    from spc_train.loop import Loop
+    from spc_train.critic.selection import filter_thresholds
 
     recipe = recipe_for("unused", experts=["faithfulness_nli", "toxicity", "depth"], faithfulness_nli_threshold=0.2)
-    assert Loop(recipe, tmp_path).thresholds() == {"faithfulness_nli": 0.2, "toxicity": 0.5}
+    assert filter_thresholds(recipe.critic) == {"faithfulness_nli": 0.2, "toxicity": 0.5}
 
 
 # -- critique + selection end to end ----------------------------------------------------------------------------------

@@ -147,12 +147,12 @@ def test_killed_generation_resumes_to_the_same_candidates(demo_run, tmp_path, mo
     monkeypatch.setattr(candidates, "write_shard", crash_on_second_shard)
     loop = Loop(parse_recipe(recipe), copy)
     with pytest.raises(KeyboardInterrupt):
-        loop.stage_generate(0)
+        loop.run_stage("generate", 0)
     assert read_stage(copy / "iter-00" / "candidates") is None
     assert [p.name for p in (copy / "iter-00" / ".candidates.shards").glob("shard-*.jsonl")] == ["shard-00000.jsonl"]
 
     monkeypatch.setattr(candidates, "write_shard", real_write)
-    loop.stage_generate(0)
+    loop.run_stage("generate", 0)
     stats = read_stage(copy / "iter-00" / "candidates")
     assert stats["shards_generated"] == 1 and stats["num_shards"] == 2
     assert load(copy / "iter-00" / "candidates") == load(run / "iter-00" / "candidates")
@@ -344,7 +344,7 @@ def test_killed_two_process_generation_resumes_without_loss_or_duplicates(demo_r
         folder.mkdir()
         for stage in ("seed", "pairs"):
             shutil.copytree(run / stage, folder / stage)
-    Loop(parse_recipe(recipe, overrides), reference).stage_generate(0)  # uninterrupted, one process
+    Loop(parse_recipe(recipe, overrides), reference).run_stage("generate", 0)  # uninterrupted, one process
 
     def launch(port: int) -> subprocess.Popen:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
@@ -396,26 +396,26 @@ def test_new_users_flow_into_generation(tiny_models, tmp_path):
     recipe = parse_recipe(write_recipe(tmp_path / "r.yaml", tiny_models, **changes))
     loop = Loop(recipe, tmp_path / "run")
     loop.prepare()
-    loop.stage_seed()
-    loop.stage_personas()
-    loop.stage_profiles()
-    loop.stage_pairs()
+    loop.run_stage("seed")
+    loop.run_stage("expand-personas")
+    loop.run_stage("build-profiles")
+    loop.run_stage("pair-users")
     personas = read_stage(tmp_path / "run" / "personas")
     assert personas["statistics"]["seed"]["clusters"] > 1
     profiles = load(tmp_path / "run" / "profiles")
     assert len(profiles) == 12 and all(len(p["persona"]) == 5 for p in profiles)
     pairs = load(tmp_path / "run" / "pairs")
     assert pairs and all(p["source"] == "generated" and p["shared_clusters"] > 2 for p in pairs)
-    loop.stage_generate(0)
+    loop.run_stage("generate", 0)
     generated_for = {row["pair_id"] for row in load(tmp_path / "run" / "iter-00" / "candidates")}
     assert generated_for == {p["pair_id"] for p in pairs}
     # Same seed, same users: re-running the stages in a fresh run directory gives identical profiles and pairs.
     again = Loop(recipe, tmp_path / "again")
     again.prepare()
-    again.stage_seed()
-    again.stage_personas()
-    again.stage_profiles()
-    again.stage_pairs()
+    again.run_stage("seed")
+    again.run_stage("expand-personas")
+    again.run_stage("build-profiles")
+    again.run_stage("pair-users")
     assert load(tmp_path / "again" / "profiles") == profiles and load(tmp_path / "again" / "pairs") == pairs
 
 

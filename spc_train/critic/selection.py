@@ -126,3 +126,20 @@ def select(
 def _rate(flags) -> float:
     flags = list(flags)
     return round(sum(flags) / len(flags), 4) if flags else float("nan")
+
+
+def filter_thresholds(critic) -> dict[str, float]:
+    """The thresholds of the recipe's filter experts (higher score = worse), by expert name."""
+    known = {
+        "faithfulness": critic.faithfulness_threshold,
+        "faithfulness_nli": critic.faithfulness_nli_threshold,
+        "toxicity": critic.toxicity_threshold,
+    }
+    return {name: value for name, value in known.items() if name in critic.experts}
+
+
+def grounding_rule(critic) -> tuple[str, float | None] | None:
+    """How `persona_grounding` takes part in the selection (role, threshold), if it is an expert."""
+    if GROUNDING not in critic.experts:
+        return None
+    return critic.persona_grounding_role, critic.persona_grounding_threshold

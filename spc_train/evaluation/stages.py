@@ -1,0 +1,185 @@
+"""The evaluation room's stages (PAPER.md §3): the seed and each iteration measured alike, then the run's report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..configs import ModelSpec
+from ..runs import RunDir, read_stage, save_rows
+from ..stage import Input, Stage, StageContext
+
+JUDGED = {"detection", "extraction", "llm_judge"}
+
+
+def _roles(selected) -> tuple[str, ...]:
+    asked, critic = set(selected.evaluation.measurements), selected.critic
+    roles = ["judge"] if asked & JUDGED or ("toxicity" in asked and not critic.toxicity_model) else []
+    roles += ["embedder"] if "embedding" in asked else []
+    roles += ["toxicity"] if "toxicity" in asked and critic.toxicity_model else []
+    roles += ["completion", "nli", "critic nli"] if "extraction" in asked else []  # negation, then its NLI check
+    return tuple(roles)
+
+
+def evaluators(ctx: StageContext):
+    """Loaders of the measurements' models: each loads on first use (the judge divides its passes among processes)."""
+    from functools import cache
+
+    from ..critic.registry import EXPERTS
+    from ..personas.profiles import llm_negate
+    from .evaluate import Evaluators, nli_contradicting
+
+    config, models = ctx.config, ctx.models
+    nli_path = config.personas.nli_model or config.critic.nli_model
+
+    def judge():
+        return models.judge(data_parallel=True)
+
+    def toxicity(records: list[dict]) -> list[float]:
+        expert = EXPERTS["toxicity"]("toxicity", config.critic, judge, models.classifier)
+        return expert.score([{**record, "parsed": True} for record in records])
+
+    def contradicting():
+        from ..nli import load_nli
+
+        nli = load_nli(ModelSpec(name_or_path=nli_path)) if nli_path else None
+        return nli_contradicting(nli) if hasattr(nli, "contradiction") else None
+
+    return Evaluators(
+        judge=judge,
+        embed=cache(models.embed),
+        toxicity=toxicity,
+        negate=lambda: llm_negate(models.complete()),
+        contradicting=contradicting,
+    )
+
+
+def _write_metrics(metrics: dict, ctx: StageContext):
+    def write(out: Path) -> dict:
+        save_rows([metrics], out)
+        return {"metrics": metrics, "processes": ctx.process.num_processes}
+
+    return write
+
+
+def evaluate_seed(ctx: StageContext):
+    """The seed conversations of the run's pairs, measured like an iteration: the report's first column."""
+    from .evaluate import evaluate_dataset
+
+    pair_ids = {pair["pair_id"] for pair in ctx.rows("pairs")}
+    seed = [record for record in ctx.rows("seed") if record["pair_id"] in pair_ids]
+    config = ctx.config
+    metrics = evaluate_dataset(
+        seed,
+        config=config.evaluation,
+        evaluators=evaluators(ctx),
+        toxicity_threshold=config.critic.toxicity_threshold,
+        seed=config.loop.seed,
+    )
+    return _write_metrics(metrics, ctx)
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def expert_metrics(critic, critiques: list[dict], selected: list[dict], seed: int) -> dict[str, float]:
+    """Filters: mean over all candidates. Policies: a mean pairwise win rate over all candidates is 0.5 by
+    construction, so the selected candidates' win rate. Persona grounding is absolute: its mean over all candidates,
+    with a bootstrap interval, shows the generator move apart from the selection."""
+    from ..critic.selection import GROUNDING, filter_thresholds
+    from .metrics import bootstrap_mean_interval
+
+    metrics: dict[str, float] = {}
+    for name in critic.experts:
+        if name in filter_thresholds(critic):
+            metrics[f"{name}_mean"] = _mean(row["scores"].get(name) for row in critiques)
+        elif name == GROUNDING:
+            values = bootstrap_mean_interval([row["scores"].get(name) for row in critiques], seed=seed)
+            metrics |= {f"{name}_candidates_{key}": v for key, v in zip(("mean", "low", "high"), values)}
+            metrics[f"{name}_selected_mean"] = _mean(row["scores"].get(name) for row in selected)
+        else:
+            metrics[f"{name}_selected_win_rate"] = _mean(row["scores"].get(name) for row in selected)
+    return metrics
+
+
+def evaluate(ctx: StageContext):
+    """The iteration's selection measured against the seed, plus the critic's and the training's numbers."""
+    from .evaluate import evaluate_dataset
+
+    config, k = ctx.config, ctx.iteration
+    trained = any(i.name == "adapter" for i in ctx.inputs)
+    adapter = read_stage(ctx.input("adapter", k)) if trained else None
+    critiques, selected = ctx.rows("critiques", k), ctx.rows("selected", k)
+    selection = read_stage(ctx.input("selected", k))
+    stored = [row["scores"].get("toxicity") for row in selected]
+    metrics = evaluate_dataset(
+        selected,
+        config=config.evaluation,
+        evaluators=evaluators(ctx),
+        reference=ctx.rows("seed"),
+        toxicity_scores=stored if "toxicity" in config.critic.experts else None,
+        toxicity_threshold=config.critic.toxicity_threshold,
+        seed=config.loop.seed,
+    )
+    metrics.update(
+        candidates=len(critiques),
+        parse_rate=selection["parse_rate"],
+        stopped_rate=(read_stage(ctx.input("candidates", k)) or {}).get("stopped_rate", math.nan),
+        pass_rate=selection["pass_rate"],
+        sft_loss=adapter["train_loss"] if adapter else math.nan,
+    )
+    metrics |= expert_metrics(config.critic, critiques, selected, config.loop.seed)
+    return _write_metrics(metrics, ctx)
+
+
+def report(ctx: StageContext):
+    """report.md, metrics.json and plots of the iterations whose evaluation is current."""
+    from ..critic.selection import filter_thresholds
+    from .summary import write_run_report
+
+    run = RunDir(ctx.run.root, current=ctx.input_fingerprints)
+    return lambda out: write_run_report(run, out, filter_thresholds(ctx.config.critic))
+
+
+READS = ("evaluation", "critic.toxicity_model", "critic.toxicity_threshold", "loop.seed")
+EVALUATE_SEED = Stage(
+    name="eval",
+    command="evaluate-seed",
+    reads=READS,
+    work=evaluate_seed,
+    inputs=lambda selected, k: [Input("seed"), Input("pairs")],
+    roles=_roles,
+)
+EVALUATE = Stage(
+    name="eval",
+    command="evaluate",
+    reads=READS + ("critic.experts", "loop.train"),
+    work=evaluate,
+    inputs=lambda selected, k: [
+        Input("seed"),
+        Input("candidates", k),
+        Input("critiques", k),
+        Input("selected", k),
+        *([Input("adapter", k, optional=True)] if selected.loop.train else []),
+    ],
+    roles=_roles,
+    per_iteration=True,
+)
+
+
+def _report_inputs(selected, k) -> list[Input]:
+    every = [(name, j) for j in range(selected.loop.iterations) for name in ("critiques", "selected", "eval")]
+    return [Input("seed"), Input("pairs"), Input("eval"), *(Input(name, j, optional=True) for name, j in every)]
+
+
+REPORT = Stage(
+    name="report",
+    command="report",
+    reads=("loop.iterations",)
+    + tuple(f"critic.{name}" for name in ("experts", "faithfulness_threshold", "faithfulness_nli_threshold"))
+    + ("critic.toxicity_threshold",),
+    work=report,
+    inputs=_report_inputs,
+)

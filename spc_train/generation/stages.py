@@ -1,0 +1,80 @@
+"""The generation room's stage: n candidate conversations per user pair, from the few-shot pool and the adapter."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from ..runs import read_shards, save_rows
+from ..stage import Input, Stage, StageContext
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def _inputs(selected, iteration: int) -> list[Input]:
+    """The pairs; the few-shot pool P_k (the seed, plus earlier selections if it grows); the previous adapter."""
+    pool = [Input("selected", k) for k in range(iteration)] if selected.loop.grow_pool else []
+    adapter = [Input("adapter", iteration - 1)] if iteration and selected.loop.train else []
+    return [Input("pairs"), Input("seed"), *pool, *adapter]
+
+
+def generate(ctx: StageContext):
+    """Every process generates its shards (data parallel); the main process merges them in order."""
+    from .candidates import generate_shards, save_generation_config
+
+    args, k = ctx.config.generation, ctx.iteration
+    adapter = next((str(ctx.input(i.name, i.iteration)) for i in ctx.inputs if i.name == "adapter"), None)
+    shots = 0 if adapter and args.zero_shot_with_adapter else args.few_shot_examples
+    shards_dir = ctx.scratch("shards")
+    pairs = ctx.rows("pairs")
+    pool = [row for i in ctx.inputs if i.name in ("seed", "selected") for row in ctx.rows(i.name, i.iteration)]
+    model, tokenizer = ctx.models.generator(adapter)
+    state = ctx.process
+    stats = generate_shards(
+        model,
+        tokenizer,
+        pairs,
+        pool,
+        shards_dir,
+        args=args,
+        seed=ctx.config.loop.seed,
+        iteration=k,
+        few_shot_examples=shots,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+    )
+
+    def write(out: Path) -> dict:
+        rows = read_shards(shards_dir, stats["num_shards"])
+        if rows is None:
+            raise RuntimeError(f"A shard is missing from {shards_dir} after generation; re-run to resume.")
+        save_rows(rows, out)
+        save_generation_config(model, tokenizer, args, out)
+        shutil.rmtree(shards_dir)
+        return {
+            "rows": len(rows),
+            "adapter": adapter,
+            "few_shot_examples": shots,
+            "processes": state.num_processes,
+            "parse_rate": _mean(float(r["parsed"]) for r in rows),
+            "stopped_rate": _mean(float(r["finish_reason"] == "stop") for r in rows),
+            **stats,
+            "pairs": len(pairs),
+        }
+
+    return write
+
+
+GENERATE = Stage(
+    name="candidates",
+    command="generate",
+    reads=("generation", "loop.seed", "loop.grow_pool", "loop.train"),
+    work=generate,
+    inputs=_inputs,
+    roles=("generator",),
+    per_iteration=True,
+)

@@ -1,0 +1,81 @@
+"""The training room's stages: the iteration's SFT rows, then LoRA SFT with TRL that updates the generator."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..runs import StageInputError, save_rows
+from ..stage import Input, Stage, StageContext
+
+
+def _data_inputs(selected, k: int) -> list[Input]:
+    """`continue` trains on this iteration's selection; `fresh` on everything selected so far."""
+    first = k if selected.loop.update == "continue" else 0
+    return [Input("selected", j) for j in range(first, k + 1)]
+
+
+def sft_data(ctx: StageContext):
+    from .data import sft_rows
+
+    def write(out: Path) -> dict:
+        rows = sft_rows([row for i in ctx.inputs for row in ctx.rows(i.name, i.iteration)])
+        save_rows(rows, out)
+        return {"rows": len(rows)}
+
+    return write
+
+
+def _train_inputs(selected, k: int) -> list[Input]:
+    previous = [Input("adapter", k - 1)] if k and selected.loop.update == "continue" else []
+    return [Input("train", k), *previous]
+
+
+def train(ctx: StageContext):
+    """LoRA SFT. Every process trains (DDP/FSDP/ZeRO under `accelerate launch`); checkpoints go to a scratch folder
+    of this fingerprint, so a killed run resumes from its last checkpoint; the main process saves."""
+    from datasets import load_from_disk
+
+    from .sft import train_adapter
+
+    k = ctx.iteration
+    init = next((str(ctx.input("adapter", i.iteration)) for i in ctx.inputs if i.name == "adapter"), None)
+    scratch = ctx.scratch("checkpoints")
+    rows = load_from_disk(str(ctx.input("train", k)), keep_in_memory=True)  # no cache files in the run
+    if len(rows) == 0:
+        raise StageInputError(
+            f"No conversation passed the critic at iteration {k}, so there is nothing to train on "
+            f"(see {ctx.run.stage_dir('selected', k)}/stage.json). Lower the critic thresholds, "
+            "sample more candidates, or set loop.train: false."
+        )
+    args = ctx.config.sft_config(output_dir=str(scratch), seed=ctx.config.loop.seed + k)
+    stats: dict[str, Any] = train_adapter(rows, ctx.config.model, args, scratch / "final", init_adapter=init)
+
+    def write(out: Path) -> dict:
+        for path in (scratch / "final").iterdir():
+            if path.name != "training_args.bin":  # a pickle of this run's paths; the recipe has the values
+                shutil.move(str(path), out / path.name)
+        shutil.rmtree(scratch)
+        return stats
+
+    return write
+
+
+SFT_DATA = Stage(
+    name="train",
+    command="sft-data",
+    reads=("loop.update",),
+    work=sft_data,
+    inputs=_data_inputs,
+    per_iteration=True,
+)
+TRAIN = Stage(
+    name="adapter",
+    command="train",
+    reads=("training", "model", "loop.seed", "loop.update"),
+    work=train,
+    inputs=_train_inputs,
+    roles=("generator",),
+    per_iteration=True,
+)
