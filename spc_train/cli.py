@@ -133,6 +133,8 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns at import, on every CPU machine, that an optional kernels package is missing: not actionable.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

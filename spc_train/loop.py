@@ -72,9 +72,12 @@ class Loop:
         self._current: dict[str, dict] | None = None  # the plan a single stage command checks its inputs against
 
     def plan(self) -> dict[str, dict]:
-        """Every stage the recipe runs, in loop order, as `{label: {"state", "fingerprint"}}`: `done` (its folder
-        matches the recipe now), `stale` (made from another recipe or other inputs), `damaged` (a file changed) or
-        `missing`. Runs and writes nothing; a stale stage makes every stage after it that reads it stale too."""
+        """Every stage the recipe runs, in loop order, as `{label: {"state", "fingerprint", "reads", "inputs"}}`.
+
+        `state`: `done` (its folder matches the recipe now), `stale` (made from another recipe or other inputs),
+        `damaged` (a file changed) or `missing`. Runs and writes nothing; a stale stage makes every stage after it
+        that reads it stale too. `reads` and `inputs` are the recipe fields and input labels it is fingerprinted on.
+        """
         self._plan = {}
         try:
             self._schedule()
@@ -158,10 +161,13 @@ class Loop:
         """Skip if done; else the stage's work on every process (its share), then its write on the main process."""
         from accelerate import PartialState
 
-        own = selected(self.recipe, stage.reads)
-        roles = stage.role_names(own)
+        roles = stage.role_names(selected(self.recipe, stage.reads))
         reads = stage.reads + tuple(field for role in roles for field in ROLES[role].reads)
         config = selected(self.recipe, reads)
+        if roles != stage.role_names(self.recipe) or stage.inputs(config, iteration) != stage.inputs(
+            self.recipe, iteration
+        ):
+            raise RuntimeError(f"Stage {stage.command} chooses its roles or inputs by a field it does not declare.")
         inputs: list[Input] = []
         fingerprints: dict[str, str] = {}
         for wanted in stage.inputs(config, iteration):
@@ -184,7 +190,7 @@ class Loop:
                 status = "stale"
             else:
                 status = "damaged" if verify_stage(folder) else "done"
-            self._plan[label] = {"state": status, "fingerprint": fp}
+            self._plan[label] = {"state": status, "fingerprint": fp, "reads": reads, "inputs": list(fingerprints)}
             return fp
         if self.run.is_done(folder, fp):
             logger.info("skip %-22s (done, fingerprint %s)", label, fp)

@@ -39,6 +39,10 @@ NO_OUTPUT: dict[str, str] = {
             "log_on_each_node",
         )
     },
+    **{
+        f"training.{key}": "the run's own paths, set by the loop where it trains, or a secret"
+        for key in sorted(_UNRECORDED_TRAINING_KEYS)
+    },
     "hub": "pushing copies finished stages to the Hub; it makes none",
     "loop.tiny_models_dir": "builds the tiny models when missing; their weights count through the roles' identities",
     "loop.iterations": "how many iterations are scheduled; each iteration's stages are their own",

@@ -104,7 +104,7 @@ def choose(ctx: StageContext):
 CRITIQUE = Stage(
     name="critiques",
     command="critique",
-    reads=("critic.experts", "critic.faithfulness_examples", "critic.shard_size"),
+    reads=("critic.experts", "critic.toxicity_model", "critic.faithfulness_examples", "critic.shard_size"),
     work=critique,
     inputs=lambda selected, k: [Input("candidates", k)],
     roles=_critique_roles,
