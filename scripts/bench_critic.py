@@ -2,13 +2,17 @@
 
 Both arms ask the same judge model the same questions: faithfulness (Yes/No, after its in-context examples) and
 toxicity (Yes/No) for every candidate, and each FED policy (1/2) for every ordered pair of a user pair's candidates.
-The full critic reads the answer options' probabilities in batched forward passes; the naive judge generates up to
-`--answer_tokens` tokens per question, one question at a time, and parses "Yes"/"No"/"1"/"2" from the text (counting
-answers it cannot parse).
+The full critic reads the answer options' probabilities in batched forward passes, encoding what prompts share once
+(the faithfulness examples, a FED pair's conversations across its five policies: `Judge.share_prefixes`,
+docs/prefix_sharing.md); the naive judge generates up to `--answer_tokens` tokens per question, one question at a
+time, and parses "Yes"/"No"/"1"/"2" from the text (counting answers it cannot parse). `--unshared_arm` also times the
+critic with every prompt encoded in full.
 
 Usage:
     python scripts/bench_critic.py                                   # tiny judge, CPU (builds it if missing)
     python scripts/bench_critic.py --arch qwen2.5-1.5b --pairs 64    # GPU, random weights, bf16
+    python scripts/bench_critic.py --model models/smollm2-135m-instruct \
+        --gguf_file SmolLM2-135M-Instruct.Q4_1.gguf --pairs 1 --candidates 2   # a real judge (slow on CPU)
 
 The last line is `speedup vs naive: N.Nx` (candidates judged per second, critic / naive).
 """
@@ -23,6 +27,7 @@ import time
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-models/generator", help="Judge model folder (tiny by default).")
+    parser.add_argument("--gguf_file", help="A .gguf file in --model, loaded (dequantized) by spc_train.models.")
     parser.add_argument("--arch", help="Random-weight judge of this architecture (see bench_generate.py ARCHS).")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=4)
@@ -32,6 +37,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--faithfulness_examples", type=int, default=4, help="In-context examples of the faithfulness question."
     )
+    parser.add_argument("--prefix_cache_tokens", type=int, default=65536, help="Judge.prefix_cache_tokens.")
+    parser.add_argument("--unshared_arm", action="store_true", help="Also time the critic without prefix sharing.")
     return parser
 
 
@@ -54,6 +61,16 @@ def questions_for(candidates: list[dict], examples: list[tuple[str, str]]) -> li
     return asked
 
 
+def load_gguf(args):
+    """A GGUF judge through the package's loader (dequantized: float32 on CPU), on the device it picks."""
+    from spc_train.configs import ModelSpec
+    from spc_train.models import load_causal_lm, load_tokenizer
+
+    spec = ModelSpec(name_or_path=args.model, gguf_file=args.gguf_file, dtype=args.dtype)
+    model = load_causal_lm(spec).eval()
+    return model, load_tokenizer(spec), model.device.type
+
+
 def main() -> None:
     args = make_parser().parse_args()
     import torch
@@ -69,7 +86,7 @@ def main() -> None:
 
     if args.arch and args.arch not in ARCHS:
         raise SystemExit(f"--arch must be one of {sorted(ARCHS)}")
-    model, tokenizer, device = load(args)
+    model, tokenizer, device = load_gguf(args) if args.gguf_file else load(args)
     records = read_seed(str(default_seed_path())).records
     # Candidates: real SPC conversations (cut to 12 turns), grouped into pairs of n candidates.
     candidates = [
@@ -83,23 +100,41 @@ def main() -> None:
         for i in range(args.pairs * args.candidates)
     ]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def experts_of(judge: Judge) -> list:
+        faithfulness = FaithfulnessExpert("faithfulness", judge, 0.5, examples=args.faithfulness_examples)
+        return [faithfulness, ToxicityExpert("toxicity", 0.5, judge=judge)] + [
+            FedPolicyExpert(policy, judge) for policy in POLICIES
+        ]
+
+    def timed(share: bool) -> tuple[float, Judge, float | None]:
+        """Seconds of one critique of every candidate (after a warm-up on one pair), its judge, peak GiB."""
+        judge = Judge(model, tokenizer, args.batch_tokens, share_prefixes=share)
+        judge.prefix_cache_tokens = args.prefix_cache_tokens
+        experts = experts_of(judge)
+        critique(candidates[: args.candidates], experts)  # warm-up
+        judge.clear_prefix_cache()
+        judge.tokens_prompted = judge.tokens_encoded = 0
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        start = time.perf_counter()
+        critique(candidates, experts)
+        sync()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        return time.perf_counter() - start, judge, peak
+
     judge = Judge(model, tokenizer, batch_tokens=args.batch_tokens)
-    faithfulness = FaithfulnessExpert("faithfulness", judge, 0.5, examples=args.faithfulness_examples)
-    experts = [faithfulness, ToxicityExpert("toxicity", 0.5, judge=judge)]
-    experts += [FedPolicyExpert(policy, judge) for policy in POLICIES]
-    asked = questions_for(candidates, faithfulness.examples)
+    examples = experts_of(judge)[0].examples
+    asked = questions_for(candidates, examples)
     print(
         f"judge: {args.arch or args.model} ({device}); {args.pairs} pairs x {args.candidates} candidates; "
-        f"{len(asked)} questions (faithfulness with {len(faithfulness.examples)} examples, toxicity, "
+        f"{len(asked)} questions (faithfulness with {len(examples)} examples, toxicity, "
         f"{len(POLICIES)} FED policies in both orders)"
     )
 
-    critique(candidates[: args.candidates], experts)  # warm-up
-    sync()
-    start = time.perf_counter()
-    critique(candidates, experts)
-    sync()
-    critic_s = time.perf_counter() - start
+    critic_s, shared, peak = timed(True)
+    unshared = timed(False) if args.unshared_arm else None
 
     unparsed = 0
     sync()
@@ -119,9 +154,20 @@ def main() -> None:
     naive_s = time.perf_counter() - start
 
     n = len(candidates)
-    print(f"{'arm':<16}{'seconds':>10}{'candidates/s':>14}{'questions/s':>13}{'unparsed':>10}")
-    print(f"{'generate+parse':<16}{naive_s:>10.2f}{n / naive_s:>14.2f}{len(asked) / naive_s:>13.1f}{unparsed:>10}")
-    print(f"{'option probs':<16}{critic_s:>10.2f}{n / critic_s:>14.2f}{len(asked) / critic_s:>13.1f}{0:>10}")
+    print(f"{'arm':<24}{'seconds':>10}{'candidates/s':>14}{'questions/s':>13}{'unparsed':>10}")
+    arms = [("generate+parse", naive_s, unparsed)]
+    arms += [("option probs, unshared", unshared[0], 0)] if unshared else []
+    arms += [("option probs", critic_s, 0)]
+    for name, seconds, failed in arms:
+        print(f"{name:<24}{seconds:>10.2f}{n / seconds:>14.2f}{len(asked) / seconds:>13.1f}{failed:>10}")
+    print(
+        f"prompt tokens encoded per candidate: {shared.tokens_prompted / n:.0f} before (every prompt in full, "
+        f"both arms), {shared.tokens_encoded / n:.0f} after (prefixes shared)"
+    )
+    if peak is not None:
+        print(f"critic peak GPU memory (torch.cuda.max_memory_allocated): {peak:.2f} GiB")
+    if unshared and unshared[2] is not None:
+        print(f"unshared critic peak GPU memory: {unshared[2]:.2f} GiB")
     print(f"speedup vs naive: {naive_s / critic_s:.1f}x")
 
 

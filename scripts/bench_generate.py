@@ -1,8 +1,11 @@
 """Candidate generation throughput: spc_train's batched engine against a naive loop, measured in the same run.
 
 Naive: one pair at a time, one `generate` call per candidate (what a first script would do).
-Engine: prompts sorted by length, token-budget batches, left padding, `num_return_sequences` (prompt encoded once).
-`--backend continuous` times transformers' continuous batching (`generate_batch`, paged cache) as the engine instead.
+Engine: prompts sorted by length, token-budget batches, left padding, each prompt's forward pass run once and its
+key/value cache repeated for the n candidates (`prefill_once`). `--unshared_arm` also times the engine with
+`num_return_sequences` (prompts repeated n times before the forward pass, as before prefix sharing).
+`--backend continuous` times transformers' continuous batching (`generate_batch`, paged cache) as the engine instead
+(its unshared arm turns the cache's prefix block sharing off).
 
 Usage:
     python scripts/bench_generate.py                                  # tiny model, CPU (builds it if missing)
@@ -43,13 +46,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--few_shot_examples", type=int, default=1)
+    parser.add_argument("--few_shot_examples", type=int, default=1, help="Paper: 5 (cut to fit the context).")
     parser.add_argument("--batch_tokens", type=int, default=1 << 17)
     parser.add_argument(
         "--naive_pairs", type=int, help="Pairs for the naive arm (default: all); rates are per second."
     )
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU.")
     parser.add_argument("--backend", choices=("generate", "continuous"), default="generate", help="The engine arm.")
+    parser.add_argument(
+        "--unshared_arm", action="store_true", help="Also time the engine with each prompt encoded n times."
+    )
     return parser
 
 
@@ -96,9 +102,9 @@ def main() -> None:
     pairs = [records[i % len(records)] | {"pair_id": f"pair-{i}"} for i in range(args.pairs)]
     context = model.config.max_position_embeddings
     budget = min(context, 4096) - args.max_new_tokens
-    prompts = [
-        fit_prompt(tokenizer, p, pick_examples(records, p, args.few_shot_examples, 0, 0), budget)[0] for p in pairs
-    ]
+    fitted = [fit_prompt(tokenizer, p, pick_examples(records, p, args.few_shot_examples, 0, 0), budget) for p in pairs]
+    prompts = [prompt for prompt, _ in fitted]
+    examples_kept = sum(kept for _, kept in fitted) / len(fitted)
     sampling = {"do_sample": True, "top_k": 40, "temperature": 0.7, "max_new_tokens": args.max_new_tokens}
     if args.arch and args.backend == "generate":  # continuous batching has no min-length processor
         sampling["min_new_tokens"] = args.max_new_tokens  # random weights: same length in both arms
@@ -122,26 +128,32 @@ def main() -> None:
         batch_tokens=args.batch_tokens,
         seed=0,
     )
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
-    sync()
-    start = time.perf_counter()
-    results = engine(
-        model,
-        tokenizer,
-        prompts,
-        keys,
-        n=args.candidates,
-        generation_kwargs=sampling,
-        batch_tokens=args.batch_tokens,
-        seed=0,
-    )
-    sync()
-    engine_s = time.perf_counter() - start
+    def timed(share_prefill: bool):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        start = time.perf_counter()
+        results = engine(
+            model,
+            tokenizer,
+            prompts,
+            keys,
+            n=args.candidates,
+            generation_kwargs=sampling,
+            batch_tokens=args.batch_tokens,
+            seed=0,
+            share_prefill=share_prefill,
+        )
+        sync()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        return results, seconds, peak
+
+    results, engine_s, peak = timed(True)
     engine_tokens = sum(s.num_tokens for group in results for s in group)
     engine_candidates = sum(len(group) for group in results)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    unshared = timed(False) if args.unshared_arm else None
 
     stop_ids = stop_token_ids(model, tokenizer)
     naive_prompts = prompts[: args.naive_pairs or len(prompts)]
@@ -163,12 +175,29 @@ def main() -> None:
         ("naive", naive_candidates, naive_tokens, naive_s),
         (args.backend, engine_candidates, engine_tokens, engine_s),
     ]
-    print(f"{'arm':<12}{'candidates':>12}{'tokens':>10}{'seconds':>10}{'cand/s':>10}{'tok/s':>10}")
+    if unshared is not None:
+        tokens = sum(s.num_tokens for group in unshared[0] for s in group)
+        rows.insert(1, (f"{args.backend}, unshared", engine_candidates, tokens, unshared[1]))
+    print(f"{'arm':<22}{'candidates':>12}{'tokens':>10}{'seconds':>10}{'cand/s':>10}{'tok/s':>10}")
     for name, candidates, tokens, seconds in rows:
         rates = f"{candidates / seconds:>10.2f}{tokens / seconds:>10.0f}"
-        print(f"{name:<12}{candidates:>12}{tokens:>10}{seconds:>10.2f}{rates}")
+        print(f"{name:<22}{candidates:>12}{tokens:>10}{seconds:>10.2f}{rates}")
+    # Prompt tokens put through the model per candidate: every prompt in full per candidate without sharing; with
+    # prefill-once, all but the last token once per prompt, and the last token once per candidate.
+    prompt_tokens = sum(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) / len(prompts)
+    shared_tokens = (prompt_tokens - 1) / args.candidates + 1
+    kept = f"few-shot examples kept: {examples_kept:.1f} of {args.few_shot_examples} on average"
+    if args.backend == "generate":
+        print(
+            f"prompt tokens encoded per candidate: {prompt_tokens:.0f} before (naive, num_return_sequences), "
+            f"{shared_tokens:.0f} after (prefill once; {kept})"
+        )
+    else:  # the paged cache shares whole 256-token blocks: what it saved is not counted here
+        print(f"prompt tokens per candidate: {prompt_tokens:.0f} ({kept}); block sharing reuses whole cached blocks")
     if peak is not None:
-        print(f"engine peak GPU memory: {peak:.1f} GiB")
+        print(f"engine peak GPU memory (torch.cuda.max_memory_allocated): {peak:.2f} GiB")
+    if unshared is not None and unshared[2] is not None:
+        print(f"unshared engine peak GPU memory: {unshared[2]:.2f} GiB")
     speedup = (engine_candidates / engine_s) / (naive_candidates / naive_s)
     print(f"tokens/s ratio: {(engine_tokens / engine_s) / (naive_tokens / naive_s):.1f}x")
     print(f"speedup vs naive: {speedup:.1f}x")

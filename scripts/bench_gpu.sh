@@ -21,10 +21,15 @@ run() {  # name, then the command's arguments
     echo "== $name: $*"
     PYTHONUNBUFFERED=1 "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-run generate scripts/bench_generate.py "${ARCH[@]}" --pairs 256 --candidates 4 --max_new_tokens 512 --naive_pairs 4
+# The paper's setting: 5 few-shot examples (as many as fit), 4 candidates; prefill once per prompt (docs/prefix_sharing.md).
+# Each script prints its peak memory (torch.cuda.max_memory_allocated) and prompt tokens encoded per candidate.
+run generate scripts/bench_generate.py "${ARCH[@]}" --pairs 256 --candidates 4 --max_new_tokens 512 --naive_pairs 4 \
+    --few_shot_examples 5
+run generate-unshared scripts/bench_generate.py "${ARCH[@]}" --pairs 64 --candidates 4 --max_new_tokens 512 \
+    --naive_pairs 2 --few_shot_examples 5 --unshared_arm
 run generate-continuous scripts/bench_generate.py "${ARCH[@]}" --pairs 256 --candidates 4 --max_new_tokens 512 \
-    --naive_pairs 4 --backend continuous --batch_tokens 1048576
-run critic scripts/bench_critic.py "${ARCH[@]}" --pairs 64
+    --naive_pairs 4 --few_shot_examples 5 --backend continuous --batch_tokens 1048576
+run critic scripts/bench_critic.py "${ARCH[@]}" --pairs 64 --unshared_arm --prefix_cache_tokens 1048576
 run sft scripts/bench_sft.py "${ARCH[@]}" --rows 1024
 
 echo

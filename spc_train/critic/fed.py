@@ -1,8 +1,10 @@
 """FED quality policies (PAPER.md §2) as pairwise judges, asked in both orders to cancel position bias.
 
-For the candidates of one pair, every ordered pair (a, b) is asked once; P(a beats b) is the mean of P("1") when a is
-shown first and P("2") when it is shown second. The per-candidate score is its mean win probability; the whole matrix
-is kept so that selection can re-rank any subset of survivors without asking again.
+The prompt shows both conversations before the paper's question, so that what the policies and orders share comes
+first (docs/prefix_sharing.md). For the candidates of one pair, every ordered pair (a, b) is asked once; P(a beats
+b) is the mean of P("1") when a is shown first and P("2") when it is shown second. The per-candidate score is its
+mean win probability; the whole matrix is kept so that selection can re-rank any subset of survivors without asking
+again.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ POLICIES = {
     "diversity": "is more diverse",
     "likable": "has more likable users",
 }
+# The conversations first, the policy's question last (docs/prefix_sharing.md): the five policies then ask about one
+# ordered pair with prompts that differ only in their last line, and the judge encodes the pair once for all five.
 QUESTION = (
-    "Which one of Conversation 1 and Conversation 2 between two users {policy}? Answer with 1 or 2.\n"
-    "Conversation 1:\n{first}\nConversation 2:\n{second}\nResponse:"
+    "Conversation 1:\n{first}\nConversation 2:\n{second}\n"
+    "Which one of Conversation 1 and Conversation 2 between two users {policy}? Answer with 1 or 2.\nResponse:"
 )
 
 

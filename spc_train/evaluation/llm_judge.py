@@ -25,7 +25,12 @@ YES_NO = ["Yes", "No"]
 
 
 class Criterion(NamedTuple):
-    """One question: `question` has `{conversation}` and, where the criterion needs them, `{profiles}`."""
+    """One question: `question` has `{conversation}` and, where the criterion needs them, `{profiles}`.
+
+    Every criterion starts with the conversation, then the profiles, then its own instructions
+    (docs/prefix_sharing.md): the fifteen questions about one conversation share their first part, which the judge
+    encodes once.
+    """
 
     family: str
     question: str
@@ -35,8 +40,8 @@ class Criterion(NamedTuple):
 
 def llm_eval(aspect: str, definition: str, profiles: bool = False) -> Criterion:
     question = (
-        "Score the following conversation between two users on {aspect} ({definition}), on a scale from 0 to 9 where "
-        "0 is the worst and 9 the best. Answer with a single digit.\n{context}Conversation:\n{{conversation}}\n"
+        "Conversation:\n{{conversation}}\n{context}Score the conversation above between two users on {aspect} "
+        "({definition}), on a scale from 0 to 9 where 0 is the worst and 9 the best. Answer with a single digit.\n"
         "{Aspect} score (0-9):"
     )
     context = "{profiles}" if profiles else ""
@@ -46,7 +51,7 @@ def llm_eval(aspect: str, definition: str, profiles: bool = False) -> Criterion:
 
 def gpt_score(question: str, profiles: bool = False) -> Criterion:
     context = "{profiles}" if profiles else ""
-    text = f"{context}Conversation:\n{{conversation}}\n{question} Answer Yes or No."
+    text = f"Conversation:\n{{conversation}}\n{context}{question} Answer Yes or No."
     return Criterion("gpt_score", text, YES_NO, [100.0, 0.0])
 
 
@@ -55,9 +60,9 @@ def g_eval(name: str, top: int, definition: str, steps: list[str], profiles: boo
     context = "{profiles}" if profiles else ""
     numbered = "\n".join(f"{i}. {step}" for i, step in enumerate(steps + [f"Assign a score from 1 to {top}."], 1))
     text = (
-        f"You will be given {given}. Your task is to rate the conversation on one metric.\n\n"
-        f"Evaluation Criteria:\n{name} (1-{top}) - {definition}\n\nEvaluation Steps:\n{numbered}\n\n"
-        f"{context}Conversation:\n{{conversation}}\n\nEvaluation Form (scores ONLY):\n- {name}:"
+        f"Conversation:\n{{conversation}}\n{context}\nYou will be given {given}. Your task is to rate the "
+        f"conversation on one metric.\n\nEvaluation Criteria:\n{name} (1-{top}) - {definition}\n\n"
+        f"Evaluation Steps:\n{numbered}\n\nEvaluation Form (scores ONLY):\n- {name}:"
     )
     return Criterion("g_eval", text, DIGITS[1 : top + 1], list(range(1, top + 1)))
 

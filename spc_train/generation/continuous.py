@@ -3,12 +3,14 @@
 
 A paged KV cache and a scheduler that admits a request as soon as another finishes: no padding, and no batch waiting
 for its longest conversation, which is where a GPU's throughput goes on long, uneven samples. It works with PEFT
-adapters (the LoRA layers live inside the base model's modules, which `generate_batch` runs). Its sampler is its own,
-seeded once per call, so the per-candidate noise of the `generate` backend does not apply: a candidate depends on the
-other requests of its call. Each call is one shard, seeded by the shard's pair keys, so a shard regenerated after a
-crash repeats the uninterrupted one where the device is deterministic (it is on CPU), and any process count gives
-the same shards. The paged cache holds `batch_tokens` tokens; out of memory halves it and asks again (logged), so no
-row is lost.
+adapters (the LoRA layers live inside the base model's modules, which `generate_batch` runs). Its sampler is its
+own, seeded once per call, so the per-candidate noise of the `generate` backend does not apply: a candidate depends
+on the other requests of its call. Each call is one shard, seeded by the shard's pair keys, so a shard regenerated
+after a crash repeats the uninterrupted one where the device is deterministic (it is on CPU), and any process count
+gives the same shards. Prompt prefixes are shared through the paged cache's block sharing (`allow_block_sharing`, on
+by default in transformers and set explicitly here): a request whose prompt starts with complete cached blocks (256
+tokens each) reuses them instead of encoding them again, and the n candidates of a prompt fork from one prefill. The
+paged cache holds `batch_tokens` tokens; out of memory halves it and asks again (logged), so no row is lost.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ def sample_conversations_continuous(
     batch_tokens: int,
     seed: int,
     progress=None,
+    share_prefill: bool = True,
 ) -> list[list[Sample]]:
     """n samples per rendered prompt, in the prompts' order, from one `generate_batch` call seeded by the keys.
 
     `batch_tokens` bounds the paged cache (tokens held at once, as it bounds a padded batch of the `generate`
     backend) and the tokens of one forward step (whose attention mask grows with it where no flash kernel runs).
+    `share_prefill=False` turns the cache's prefix block sharing off (a baseline for the benchmark).
     """
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
@@ -71,6 +75,7 @@ def sample_conversations_continuous(
                     num_blocks=-(-batch_tokens // PAGE_SIZE),
                     page_size=PAGE_SIZE,
                     max_batch_tokens=min(batch_tokens, MAX_STEP_TOKENS),
+                    allow_block_sharing=share_prefill,
                 ),
                 warmup=model.device.type == "cuda",  # captures CUDA graphs; nothing to capture elsewhere
             )

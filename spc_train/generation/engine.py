@@ -1,7 +1,9 @@
 """Batched sampling with plain `transformers.generate`: no vLLM.
 
 Prompts are sorted by length and packed into batches under a token budget (prompt + new tokens, all sequences), left
-padded, and each prompt is encoded once and sampled `n` times with `num_return_sequences`. Each candidate draws its
+padded, and each prompt is encoded once and sampled `n` times: `prefill_once` runs the prompts' forward pass itself and
+hands `generate` the key/value cache repeated for the n candidates (`num_return_sequences` would repeat the prompts
+before the forward pass, encoding each n times; docs/prefix_sharing.md). Each candidate draws its
 tokens with its own noise, keyed by (seed, prompt key, candidate index) (`sampling.py`), so a candidate does not depend
 on the batch plan: resume, another process count or an out-of-memory split give the same candidates (up to float
 rounding). The sampling settings are the caller's (the recipe's) alone: the model's `generation_config` cannot add
@@ -11,8 +13,10 @@ prompt is lost.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -68,16 +72,60 @@ def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: 
     return batches
 
 
+def forward_parameters(model) -> set[str]:
+    """Keyword names of the (base) model's forward; empty when they cannot be read."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def prefill_once(model, encoded: dict, n: int) -> dict | None:
+    """`generate` inputs for n candidates per prompt whose prompts are encoded once: all but the last prompt token
+    go through one forward pass here, and the cache is repeated n times (`generate` encodes only what the cache
+    lacks: the last token). Positions are those `generate` gives left-padded rows. None when the model's cache
+    cannot be passed in (no cache keyword, or prompts of one token)."""
+    from transformers import DynamicCache
+
+    parameters = forward_parameters(model)
+    name = next((name for name in ("cache", "past_key_values") if name in parameters), None)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    if name is None or ids.shape[1] < 2:
+        return None
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        **{name: DynamicCache(config=model.config)},
+        **extra,
+    )
+    cache = output.cache if name == "cache" else output.past_key_values
+    cache.batch_repeat_interleave(n)
+    return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), name: cache}
+
+
 @torch.inference_mode()
 def _generate(
-    model, tokenizer, prompts: list[str], n: int, generation_kwargs: dict, stop_ids: list[int], row_keys: list[int]
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int,
+    generation_kwargs: dict,
+    stop_ids: list[int],
+    row_keys: list[int],
+    share_prefill: bool = True,
 ):
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    pad_lengths = (encoded["attention_mask"] == 0).sum(-1).repeat_interleave(n).tolist()  # num_return_sequences rows
+    pad_lengths = (encoded["attention_mask"] == 0).sum(-1).repeat_interleave(n).tolist()  # one per candidate row
     kwargs, processors = seeded_sampling(generation_kwargs, row_keys, encoded["input_ids"].shape[1], pad_lengths)
+    inputs = prefill_once(model, encoded, n) if share_prefill and n > 1 else None
     output = model.generate(
-        **encoded,
-        num_return_sequences=n,
+        **(inputs or encoded),
+        num_return_sequences=1 if inputs else n,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
         logits_processor=processors,
@@ -99,22 +147,25 @@ def sample_conversations(
     batch_tokens: int,
     seed: int,
     progress: tqdm | None = None,
+    share_prefill: bool = True,
 ) -> list[list[Sample]]:
     """n samples per rendered prompt, in the prompts' order. `keys` name the prompts (pair ids): with `seed`, they
-    key each candidate's sampling noise."""
+    key each candidate's sampling noise. `share_prefill=False` leaves the n copies to `num_return_sequences` (the
+    same candidates, up to float rounding, each prompt encoded n times)."""
     tokenizer.padding_side = "left"
     stop_ids = stop_token_ids(model, tokenizer)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     max_new = generation_kwargs.get("max_new_tokens", 256)
     results: list[list[Sample] | None] = [None] * len(prompts)
     pending = plan_batches(lengths, max_new, n, batch_tokens)
+    generate = _generate if share_prefill else partial(_generate, share_prefill=False)
     while pending:
         batch = pending.pop(0)
         rows = [
             row_key(seed, keys[i], candidate) for i in batch for candidate in range(n)
         ]  # num_return_sequences order
         try:
-            outputs = _generate(model, tokenizer, [prompts[i] for i in batch], n, generation_kwargs, stop_ids, rows)
+            outputs = generate(model, tokenizer, [prompts[i] for i in batch], n, generation_kwargs, stop_ids, rows)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
