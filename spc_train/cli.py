@@ -37,6 +37,7 @@ STAGES = {
     "expand-personas": False,
     "build-profiles": False,
     "pair-users": False,
+    "probe-judges": False,
     "generate": True,
     "critique": True,
     "select": True,
@@ -66,6 +67,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     check = add("check", help="Check a recipe before a run: models, answer options, seed; no writes.")
     check.add_argument("--config", required=True, help="Recipe YAML.")
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="Also probe the recipe's judges on questions with known answers and print the judge card (minutes).",
+    )
 
     status = add("status", help="Each stage of the run's recipe: done, stale (another recipe or inputs) or missing.")
     status.add_argument("run_dir", help="Run directory.")
@@ -360,8 +366,16 @@ def run_command(args, overrides: list[str]) -> int:
     if args.command == "check":
         from .preflight import check_recipe
 
-        lines = check_recipe(_recipe(args, overrides))
+        recipe = _recipe(args, overrides)
+        lines = check_recipe(recipe)
         print("\n".join(["recipe checked:", *(f"  {line}" for line in lines)]))
+        if args.probe and lines[0].startswith("tiny models: not built"):
+            logger.warning("Judges not probed: the tiny models are not built yet (`spc-train loop` builds them).")
+        elif args.probe:
+            from .health.card import render_card
+            from .health.stages import probe_recipe
+
+            print("\njudge card:\n" + render_card(probe_recipe(recipe)))
         return 0
     loop = Loop(_recipe(args, overrides), args.run_dir, allow_stale=getattr(args, "allow_stale", False))
     # After the recipe: parsing its training section sets up accelerate's state (CPU or GPU, one or more processes).

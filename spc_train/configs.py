@@ -464,6 +464,31 @@ class CriticConfig(_Checked):
         default=64,
         metadata={"help": "User pairs per critique shard: the unit of data parallelism and of resume."},
     )
+    min_option_mass: float = field(
+        default=0.5,
+        metadata={
+            "help": "Judge health: a WARNING names an expert or measurement whose judge puts on average less than "
+            "this share of its next-token probability on the answer options (before renormalisation)."
+        },
+    )
+    probe_informative: float = field(
+        default=0.7,
+        metadata={
+            "help": "Judge card: a probe figure (AUC, win rate, position consistency; 0.5 = chance) at least this "
+            "is `informative` (docs/judge_health.md)."
+        },
+    )
+    probe_weak: float = field(
+        default=0.6,
+        metadata={
+            "help": "Judge card: a probe figure at least this (and under probe_informative) is `weak`; under it, "
+            "`at chance`."
+        },
+    )
+    probe_conversations: int = field(
+        default=16,
+        metadata={"help": "Judge probes: seed conversations each probe uses at most (their cost grows with it)."},
+    )
 
     # Expert names and the example count are the critic registry's to check (`check_experts`, run by `check` and
     # before any work): the registry and its examples are where they are defined.
@@ -479,6 +504,10 @@ class CriticConfig(_Checked):
             "judge_context": optional(AT_LEAST_1, "the judge's own context length"),
             "batch_tokens": AT_LEAST_1,
             "shard_size": AT_LEAST_1,
+            "min_option_mass": PROBABILITY,
+            "probe_informative": (lambda v: self.probe_weak <= v <= 1, "in [critic.probe_weak, 1]"),
+            "probe_weak": PROBABILITY,
+            "probe_conversations": (lambda v: v >= 2, "at least 2 (a probe swaps personas between conversations)"),
         }
 
 
@@ -499,12 +528,20 @@ class LoopConfig(_Checked):
     tiny_models_dir: str | None = field(
         default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
     )
+    on_blind_judge: str = field(
+        default="warn",
+        metadata={
+            "help": "What a judge whose probe is `at chance` does (the judge card, docs/judge_health.md): `warn` "
+            "and go on, its numbers marked, or `stop` before its numbers are used."
+        },
+    )
 
     def _rules(self) -> dict[str, Rule]:
         return {
             "iterations": AT_LEAST_1,
             "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
             "update": one_of(("continue", "fresh")),
+            "on_blind_judge": one_of(("warn", "stop")),
         }
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .configs import Recipe, save_recipe
-from .critic.stages import CRITIQUE, SELECT, empty_selection_cause
+from .critic.stages import CRITIQUE, SELECT
 from .data.stages import SEED
 from .evaluation.stages import EVALUATE, EVALUATE_SEED, REPORT
 from .generation.stages import GENERATE
+from .health.stages import PROBES
 from .model_roles import ROLES, Models
 from .personas.stages import PAIRS, PERSONAS, PROFILES
 from .preflight import check_recipe
@@ -43,6 +45,7 @@ SETUP = [
     (PERSONAS, _generated_users),
     (PROFILES, _generated_users),
     (PAIRS, None),
+    (PROBES, None),
     (EVALUATE_SEED, None),
 ]
 ITERATION = [
@@ -211,30 +214,22 @@ class Loop:
         self.prepare()
         self._schedule()
 
-    def _schedule(self) -> None:
-        """The stages in loop order: run, or (while planning) only fingerprinted."""
-        for stage, when in SETUP:
-            if when is None or when(self.recipe):
-                self._run(stage, None)
+    def order(self) -> Iterator[tuple[Stage, int | None]]:
+        """The stages the recipe schedules, with their iteration, in loop order."""
+        yield from ((stage, None) for stage, when in SETUP if when is None or when(self.recipe))
         for k in range(self.recipe.loop.iterations):
-            for stage, when in ITERATION:
-                if when is None or when(self.recipe):
-                    self._run(stage, k)
-                if stage is SELECT:
-                    self._stop_if_nothing_selected(k)
-            self.push()
-        for stage, _ in FINISH:
-            self._run(stage, None)
-        self.push()
+            yield from ((stage, k) for stage, when in ITERATION if when is None or when(self.recipe))
+        yield from ((stage, None) for stage, when in FINISH if when is None or when(self.recipe))
 
-    def _stop_if_nothing_selected(self, iteration: int) -> None:
-        """An empty selection leaves nothing to train on or evaluate: the loop stops there, in one line."""
-        record = read_stage(self.run.stage_dir("selected", iteration))
-        if self._plan is None and record and record["rows"] == 0 and self.recipe.loop.train:
-            raise StageInputError(
-                f"Iteration {iteration} selected no conversation ({empty_selection_cause(record)}), so there is "
-                "nothing to train on: lower that threshold or sample more candidates, then re-run the same command."
-            )
+    def _schedule(self) -> None:
+        """The stages in loop order: run, or (while planning) only fingerprinted. After each, its gate may stop the
+        loop (a blind judge, an empty selection), and after each iteration what is finished goes to the Hub."""
+        for stage, k in self.order():
+            self._run(stage, k)
+            if self._plan is None and stage.gate is not None:
+                stage.gate(self.recipe, self.run.stage_dir(stage.name, k))
+            if stage is ITERATION[-1][0] or stage is FINISH[-1][0]:
+                self.push()
 
     def push(self) -> None:
         """Push what is finished to `hub.repo_id` (main process); the push ledger skips what is already there."""

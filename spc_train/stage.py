@@ -46,6 +46,8 @@ NO_OUTPUT: dict[str, str] = {
     "hub": "pushing copies finished stages to the Hub; it makes none",
     "loop.tiny_models_dir": "builds the tiny models when missing; their weights count through the roles' identities",
     "loop.iterations": "how many iterations are scheduled; each iteration's stages are their own",
+    "loop.on_blind_judge": "whether the loop goes on past a judge at chance; the probes and their card are the same",
+    "critic.min_option_mass": "where a low option mass is warned about; the scores and figures are the same",
 }
 
 
@@ -74,6 +76,8 @@ class Stage:
     roles: Callable[[Recipe], tuple[str, ...]] | tuple[str, ...] = ()
     per_iteration: bool = False
     outside: Callable[[Recipe], list[Any]] = lambda selected: []  # identities of data from outside the run
+    # After the stage is done (now or earlier), may stop the loop: `gate(recipe, folder)` raises to say why.
+    gate: Callable[[Recipe, Path], None] | None = None
 
     def role_names(self, selected: Recipe) -> tuple[str, ...]:
         return self.roles(selected) if callable(self.roles) else self.roles

@@ -269,6 +269,7 @@ SECTION_METRICS = {
     "detection_win": {"seed": None, "iter-00": 0.25},
     "llm_judge_conversations": {"seed": 12, "iter-00": 12},
     "candidates": {"iter-00": 48},
+    "option_mass_llm_judge_mean": {"seed": 0.9, "iter-00": 0.85},  # before the critic's "_mean" suffix
     "toxicity_mean_unused": {"seed": 1.0},  # no prefix/suffix match: not a "_mean" suffix
 }
 EXPECTED_SECTIONS = {
@@ -288,6 +289,7 @@ EXPECTED_SECTIONS = {
         "g_eval_coherent",
         "llm_judge_conversations",
     ],
+    "Judge option mass": ["option_mass_llm_judge_mean"],
     "Critic and training": ["candidates", "sft_loss", "faithfulness_selected_win_rate"],
     "Other metrics": ["my_new_metric", "toxicity_mean_unused"],
 }

@@ -35,6 +35,14 @@ ALTERNATIVES = {
     "evaluation.llm_judge_families": ["llm_eval"],
     "model.lora_target_modules": ["q_proj", "v_proj"],
     "critic.persona_grounding_threshold": 0.3,
+    "personas.source": "seed",
+    "generation.truncated": "reject",
+    "generation.backend": "continuous",
+    "critic.persona_grounding_role": "filter",
+    "loop.update": "fresh",
+    "loop.on_blind_judge": "stop",
+    "hub.repo_id": "org/data",
+    "hub.model_repo_id": "org/model",
     "model.load_in_4bit": None,  # with a GGUF file or on CPU it is refused: the spec's identity covers it anyway
 }
 
@@ -101,7 +109,9 @@ def expected_changes(before: dict, after: dict, path: str) -> set[str]:
     """The stages that read `path` (or appear or go), then, in loop order, every stage reading a changed one."""
     labels = list(dict.fromkeys([*before, *after]))
     changed = {label for label in labels if label not in before or label not in after}
-    changed |= {label for label in labels if any(reads(plan[label], path) for plan in (before, after) if label in plan)}
+    changed |= {
+        label for label in labels if any(reads(plan[label], path) for plan in (before, after) if label in plan)
+    }
     for label in labels:
         inputs = {i for plan in (before, after) if label in plan for i in plan[label]["inputs"]}
         if inputs & changed:

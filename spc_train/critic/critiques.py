@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..health.option_mass import merge, warn_if_low
 from ..runs import pending_shards, shard_path, write_shard
 from .registry import critique
 
@@ -37,14 +38,40 @@ def critique_shards(
     shard_size: int,
     process_index: int = 0,
     num_processes: int = 1,
+    min_option_mass: float | None = None,
 ) -> dict:
-    """Score this process's missing shards into `shards_dir`; `experts()` builds the experts on first need."""
+    """Score this process's missing shards into `shards_dir`; `experts()` builds the experts on first need.
+
+    The stats hold `option_mass` per judge expert over the shards scored here ({"mean", "min", "questions" (rows),
+    "top_tokens"}); with `min_option_mass`, an expert under it is warned about once, not once per shard. For the
+    figures of every shard (also those scored by other processes or an earlier, killed run) call
+    `option_mass_stats` on the merged rows.
+    """
     shards_dir.mkdir(parents=True, exist_ok=True)
     shards = pair_shards(candidates, shard_size)
     todo = pending_shards(shards_dir, len(shards), process_index, num_processes)
     built: list = []
+    scored: list[dict] = []
     for index in tqdm(todo, desc="critique shards", unit="shard", disable=len(todo) < 2):
         if not built:
             built = experts()
-        write_shard(shard_path(shards_dir, index), critique(shards[index], built))
-    return {"num_shards": len(shards), "shards_scored": len(todo)}
+        rows = critique(shards[index], built)
+        write_shard(shard_path(shards_dir, index), rows)
+        scored += [{"option_mass": row.get("option_mass", {})} for row in rows]
+    mass = option_mass_stats(scored)
+    if min_option_mass is not None:
+        for name, figures in mass.items():
+            warn_if_low(f"critic expert '{name}'", figures, min_option_mass)
+    return {"num_shards": len(shards), "shards_scored": len(todo), "option_mass": mass}
+
+
+def option_mass_stats(rows: list[dict]) -> dict[str, dict]:
+    """Per judge expert, over critique rows: mean of the rows' option mass, the minimum, the number of rows and the
+    most common top tokens (`stage.json` material)."""
+    names = list(dict.fromkeys(name for row in rows for name in row.get("option_mass") or {}))
+    stats = {}
+    for name in names:
+        figures = merge(row["option_mass"].get(name) for row in rows if row.get("option_mass"))
+        if figures:
+            stats[name] = figures
+    return stats

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ..configs import RecipeError
+from ..health.option_mass import recording, summary, warn_if_low
 from ..judge import Judge, JudgeError, option_token_ids
 from . import faithfulness, fed, toxicity
 from .faithfulness import FaithfulnessExpert, faithfulness_examples
@@ -199,11 +200,30 @@ def _full_matrices(candidates: list[dict], asked: list[int], matrices: list[list
     return full
 
 
-def critique(candidates: list[dict], experts: list) -> list[dict]:
+def _row_option_mass(log, count: int) -> list[dict | None]:
+    """Per shown candidate: its own figure when the expert asked one question per candidate, in order (faithfulness,
+    toxicity); otherwise (FED policies ask about ordered pairs) the figure of the whole call, the same for each."""
+    if not log.masses:
+        return [None] * count
+    if len(log.masses) == count and log.calls == 1:
+        return [
+            {"mean": m, "min": m, "top_tokens": [t] if t else []}
+            for m, t in zip(log.masses, log.top_tokens or [""] * count)
+        ]
+    whole = summary(log.masses, log.top_tokens)
+    return [{key: whole[key] for key in ("mean", "min", "top_tokens")}] * count
+
+
+def critique(candidates: list[dict], experts: list, min_option_mass: float | None = None) -> list[dict]:
     """Every parsed candidate scored by every expert; FED policies also keep their pairwise matrices.
 
     `reasons[name]` holds what an expert that can explain itself found (e.g. faithfulness_nli: the contradicting
     utterance and attribute); experts that give no reasons are absent from it.
+
+    `option_mass[name]` (experts that ask the judge LLM) holds the raw probability the judge put on the answer
+    options before renormalisation, {"mean", "min", "top_tokens"}: the candidate's own question's, or for the FED
+    policies the whole call's (`_row_option_mass`). With `min_option_mass`, an expert whose mean is under it is
+    named in a WARNING (`health.option_mass.warn_if_low`).
 
     An unparsed candidate (`parsed` false: no conversation, or refused by `generation.candidates.parse_candidate`)
     is shown to no expert, so no judge call is spent on it and no score of text that is not a conversation is
@@ -211,7 +231,7 @@ def critique(candidates: list[dict], experts: list) -> list[dict]:
     its shape), and `reasons["parse"]` is `"unparsed: <reject_reason>"`. Selection already refuses it.
     """
     nan = float("nan")
-    rows = [{**c, "scores": {}, "pairwise": {}, "reasons": {}} for c in candidates]
+    rows = [{**c, "scores": {}, "pairwise": {}, "reasons": {}, "option_mass": {}} for c in candidates]
     asked = [i for i, c in enumerate(candidates) if c.get("parsed", True)]
     shown = [candidates[i] for i in asked]
     for row, candidate in zip(rows, candidates):
@@ -219,11 +239,19 @@ def critique(candidates: list[dict], experts: list) -> list[dict]:
             row["reasons"]["parse"] = f"unparsed: {candidate.get('reject_reason') or 'no conversation'}"
     for expert in tqdm(experts, desc="critique", unit="expert"):
         logger.info("Expert %s scores %d of %d candidates (parsed).", expert.name, len(shown), len(rows))
-        values = expert.score(shown) if shown else []
+        with recording(getattr(expert, "judge", None)) as log:
+            values = expert.score(shown) if shown else []
         for row in rows:
             row["scores"][expert.name] = nan
         for index, value in zip(asked, values):
             rows[index]["scores"][expert.name] = value
+        if log.masses:
+            for row in rows:
+                row["option_mass"][expert.name] = None
+            for index, figures in zip(asked, _row_option_mass(log, len(shown))):
+                rows[index]["option_mass"][expert.name] = figures
+            if min_option_mass is not None:
+                warn_if_low(f"critic expert '{expert.name}'", log.summary(), min_option_mass)
         if expert.kind == "policy":
             matrices = expert.pairwise if shown else []
             for row, matrix in zip(rows, _full_matrices(candidates, asked, matrices)):

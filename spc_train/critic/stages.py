@@ -18,7 +18,7 @@ from .selection import filter_thresholds, grounding_rule
 logger = logging.getLogger(__name__)
 
 
-def _critique_roles(selected) -> tuple[str, ...]:
+def critique_roles(selected) -> tuple[str, ...]:
     critic = selected.critic
     roles = ["judge"] if judge_options(critic) else []
     roles += ["toxicity"] if "toxicity" in critic.experts and critic.toxicity_model else []
@@ -42,9 +42,12 @@ def critique(ctx: StageContext):
         shard_size=critic.shard_size,
         process_index=state.process_index,
         num_processes=state.num_processes,
+        min_option_mass=critic.min_option_mass,
     )
 
     def write(out: Path) -> dict:
+        from .critiques import option_mass_stats
+
         rows = read_shards(shards_dir, stats["num_shards"])
         if rows is None:
             raise RuntimeError(f"A shard is missing from {shards_dir} after critique; re-run to resume.")
@@ -56,6 +59,7 @@ def critique(ctx: StageContext):
             "experts": critic.experts,
             "processes": state.num_processes,
             **stats,
+            "option_mass": option_mass_stats(rows),  # over every shard, resumed ones and other processes' too
             "judge_prompts_truncated": judge.truncated if judge else 0,
             "judge_examples_dropped": judge.examples_dropped if judge else 0,
         }
@@ -101,13 +105,28 @@ def choose(ctx: StageContext):
     return write
 
 
+def stop_if_nothing_selected(recipe, folder: Path) -> None:
+    """An empty selection leaves nothing to train on: the loop stops there, in one line."""
+    from ..runs import StageInputError, read_stage
+
+    record = read_stage(folder)
+    if record and record["rows"] == 0 and recipe.loop.train:
+        raise StageInputError(
+            f"{folder.parent.name} selected no conversation ({empty_selection_cause(record)}), so there is nothing "
+            "to train on: lower that threshold or sample more candidates, then re-run the same command."
+        )
+
+
 CRITIQUE = Stage(
     name="critiques",
     command="critique",
-    reads=("critic.experts", "critic.toxicity_model", "critic.faithfulness_examples", "critic.shard_size"),
+    reads=tuple(
+        f"critic.{name}"
+        for name in ("experts", "toxicity_model", "faithfulness_examples", "shard_size", "min_option_mass")
+    ),
     work=critique,
     inputs=lambda selected, k: [Input("candidates", k)],
-    roles=_critique_roles,
+    roles=critique_roles,
     per_iteration=True,
 )
 SELECT = Stage(
@@ -127,4 +146,5 @@ SELECT = Stage(
     work=choose,
     inputs=lambda selected, k: [Input("critiques", k)],
     per_iteration=True,
+    gate=stop_if_nothing_selected,
 )

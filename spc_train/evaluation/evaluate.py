@@ -9,10 +9,12 @@ seed as `reference`; for the seed itself they compare it with itself (IR) or are
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ..health.option_mass import DEFAULT_MIN_OPTION_MASS, recording, warn_if_low
 from ..judge import Judge
 from . import detection, profile_extraction
 from .detection import detection_pairs, detection_test
@@ -92,10 +94,13 @@ def evaluate_dataset(
     toxicity_scores: list[float] | None = None,
     toxicity_threshold: float = 0.5,
     seed: int = 0,
+    min_option_mass: float = DEFAULT_MIN_OPTION_MASS,
 ) -> dict[str, Any]:
     """Every measurement of `config.measurements` on `records`; `reference` is the seed (None: this is the seed).
 
     `toxicity_scores` are the critic's stored scores of these records, when it scored them: no second pass.
+    Each judge measurement also gives `option_mass_<measurement>_mean` / `_min`, the raw probability its judge put
+    on the answer options (a WARNING when the mean is under `min_option_mass`, `critic.min_option_mass`).
     """
     asked = set(config.measurements)
     judged = records[: config.judged_conversations]
@@ -113,20 +118,36 @@ def evaluate_dataset(
     if "detection" in asked and reference is not None and evaluators.judge:
         pairs, skipped = detection_pairs(reference, judged)
         logger.info("Detection test on %d user pairs (skipped: %s).", len(pairs), skipped)
-        metrics.update(detection_test(evaluators.judge(), pairs))
+        with _mass(metrics, "detection", evaluators.judge(), min_option_mass) as judge:
+            metrics.update(detection_test(judge, pairs))
     if "extraction" in asked and evaluators.judge:
         logger.info("Profile extraction on %d conversations.", len(judged))
         negate = evaluators.negate() if evaluators.negate else None
         contradicting = evaluators.contradicting() if evaluators.contradicting else None
-        metrics.update(
-            profile_extraction.profile_extraction(
-                evaluators.judge(), judged, seed, negate, contradicting, threshold=config.extraction_threshold
+        with _mass(metrics, "extraction", evaluators.judge(), min_option_mass) as judge:
+            metrics.update(
+                profile_extraction.profile_extraction(
+                    judge, judged, seed, negate, contradicting, threshold=config.extraction_threshold
+                )
             )
-        )
     if "llm_judge" in asked and evaluators.judge:
         logger.info("LLM-judge scores of %d conversations.", len(judged))
-        metrics.update(llm_judge_scores(evaluators.judge(), judged, tuple(config.llm_judge_families)))
+        with _mass(metrics, "llm_judge", evaluators.judge(), min_option_mass) as judge:
+            metrics.update(llm_judge_scores(judge, judged, tuple(config.llm_judge_families)))
     return metrics
+
+
+@contextmanager
+def _mass(metrics: dict, measurement: str, judge: Judge, minimum: float) -> Iterator[Judge]:
+    """Record the judge's option mass over one measurement into `option_mass_<measurement>_mean` / `_min` (NaN when
+    it asked nothing), and warn when the mean is under `minimum`."""
+    with recording(judge) as log:
+        yield judge
+    figures = log.summary()
+    nan = float("nan")
+    metrics[f"option_mass_{measurement}_mean"] = figures["mean"] if figures else nan
+    metrics[f"option_mass_{measurement}_min"] = figures["min"] if figures else nan
+    warn_if_low(f"measurement '{measurement}'", figures, minimum)
 
 
 def nli_contradicting(nli, threshold: float = 0.5) -> Contradicting:

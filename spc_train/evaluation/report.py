@@ -15,6 +15,7 @@ import numbers
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..health.card import at_chance, judge_of, render_card
 from .paper import PAPER_PERSONA_SETS
 from .plots import SECTION_PLOTS, is_measured, plot_metrics, plot_pass_rates, plot_score_distributions
 
@@ -136,6 +137,15 @@ SECTIONS: list[Section] = [
         "(fluency 1–3). Higher is better. The paper's judges gave PC vs SPC e.g. LLM-Eval content 81.96 vs 88.84 "
         "and G-Eval consistency 1.736 vs 2.651; the level of a score depends on the judge model, so compare the "
         "columns with each other rather than with the paper.",
+    ),
+    Section(
+        "Judge option mass",
+        "option_mass",
+        ("option_mass_",),
+        "For each judge measurement, the probability its judge put on the answer options before they were "
+        "renormalised (mean and minimum over its questions). A judge that answers the question puts most of its "
+        "probability there; a low figure means its next token was mostly something else (see the judge card), and "
+        "the measurement's renormalised numbers are guesses.",
     ),
     Section(
         "Critic and training",
@@ -282,20 +292,58 @@ def _json_safe(value: Any) -> Any:
     return number if math.isfinite(number) else None
 
 
+AT_CHANCE_MARK = " ⚠ judge at chance"
+
+
+def _blind_lines(card: dict | None, names: list[str]) -> list[str]:
+    """A warning before a table some of whose rows come from a judge at chance on its probe (the judge card)."""
+    blind = {}
+    for name in names:
+        if at_chance(card, name):
+            entry = judge_of(card, name)
+            blind[entry["name"]] = entry
+    if not blind:
+        return []
+    judged = "; ".join(
+        f"`{name}` ({', '.join(f'{k} {_format_number(v)}' for k, v in entry['figures'].items())})"
+        for name, entry in blind.items()
+    )
+    return [
+        f"> **Judge at chance** (rows marked ⚠): {judged} on its known-answer probe, so these numbers do not "
+        "measure what their names say; read them as noise (see the judge card).",
+        "",
+    ]
+
+
 def _section_lines(
-    section: Section, names: list[str], columns: list[str], metrics: dict[str, dict[str, Any]], paper: dict[str, str]
+    section: Section,
+    names: list[str],
+    columns: list[str],
+    metrics: dict[str, dict[str, Any]],
+    paper: dict[str, str],
+    card: dict | None = None,
 ) -> list[str]:
     with_paper = any(paper.get(name) for name in names)
     rows = []
     for name in names:
         values = [metrics[name].get(column) for column in columns]
         as_int = _is_count_row(values)
-        rows.append([name] + [_format_number(value, as_int) for value in values])
+        label = name + (AT_CHANCE_MARK if at_chance(card, name) else "")
+        rows.append([label] + [_format_number(value, as_int) for value in values])
         if with_paper:
             rows[-1].append(paper.get(name) or "")
     header = ["metric", *columns] + (["paper"] if with_paper else [])
     table = _table(header, rows, text_columns=2 if with_paper else 1)
-    return [f"## {section.title}", "", section.how_to_read, ""] + table + [""]
+    return [f"## {section.title}", "", section.how_to_read, ""] + _blind_lines(card, names) + table + [""]
+
+
+def judge_card_lines(card: dict | None, missing: str | None = None) -> list[str]:
+    """The report's opening section: the judge card, or why there is none."""
+    if card:
+        return ["## Judge card", "", render_card(card), ""]
+    if missing:
+        return ["## Judge card", "", missing, ""]
+    return []
 
 
 def write_report(
@@ -310,6 +358,8 @@ def write_report(
     notes: list[str] | None = None,
     paper: dict[str, str] | None = None,
     persona_sets: dict[str, dict[str, float]] | None = None,
+    judge_card: dict | None = None,
+    judge_card_missing: str | None = None,
 ) -> Path:
     """Write `report.md`, `metrics.json` and the PNG plots into `report_dir`; return the path of `report.md`.
 
@@ -321,6 +371,8 @@ def write_report(
     ignored. Expert/filter names are sorted. Plots: `metrics-<slug>.png` per section, `score_distributions.png`,
     `pass_rates.png`; a plot without data is neither written nor linked (a stale PNG of that name from an earlier
     run is removed, as is the single `metrics.png` of older reports).
+    `judge_card` (`health.card`) opens the report, and every table row whose judge is at chance on its probe is
+    marked; without a card, `judge_card_missing` says why in its place.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -347,12 +399,12 @@ def write_report(
         if not plots.get(name):
             (report_dir / name).unlink(missing_ok=True)
 
-    lines = [f"# {title}", "", HOW_TO_READ, ""]
+    lines = [f"# {title}", "", HOW_TO_READ, ""] + judge_card_lines(judge_card, judge_card_missing)
     if notes:
         lines += ["## Notes", ""] + [f"- {_one_line(note)}" for note in notes] + [""]
 
     for section, names in shown:
-        lines += _section_lines(section, names, columns, metrics, paper)
+        lines += _section_lines(section, names, columns, metrics, paper, judge_card)
         if plots[f"metrics-{section.slug}.png"]:
             lines += [f"![{section.title} per column](metrics-{section.slug}.png)", ""]
     if not shown:
@@ -367,7 +419,12 @@ def write_report(
     lines += ["## Pass rates", ""]
     if pass_columns:
         experts = sorted({expert for column in pass_columns for expert in pass_rates[column]})
-        rows = [[expert] + [_format_number(pass_rates[c].get(expert)) for c in pass_columns] for expert in experts]
+        rows = [
+            [expert + (AT_CHANCE_MARK if at_chance(judge_card, expert) else "")]
+            + [_format_number(pass_rates[c].get(expert)) for c in pass_columns]
+            for expert in experts
+        ]
+        lines += _blind_lines(judge_card, experts)
         lines += _table(["expert / filter", *pass_columns], rows) + [""]
     else:
         lines += ["No pass rates were recorded.", ""]
@@ -396,6 +453,8 @@ def write_report(
     }
     if persona_sets:
         payload["persona_sets"] = persona_sets
+    if judge_card:
+        payload["judge_card"] = {entry["name"]: entry["verdict"] for entry in judge_card.get("entries", [])}
     (report_dir / "metrics.json").write_text(
         json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )

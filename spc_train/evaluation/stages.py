@@ -12,7 +12,7 @@ from ..stage import Input, Stage, StageContext
 JUDGED = {"detection", "extraction", "llm_judge"}
 
 
-def _roles(selected) -> tuple[str, ...]:
+def evaluation_roles(selected) -> tuple[str, ...]:
     asked, critic = set(selected.evaluation.measurements), selected.critic
     roles = ["judge"] if asked & JUDGED or ("toxicity" in asked and not critic.toxicity_model) else []
     roles += ["embedder"] if "embedding" in asked else []
@@ -75,6 +75,7 @@ def evaluate_seed(ctx: StageContext):
         evaluators=evaluators(ctx),
         toxicity_threshold=config.critic.toxicity_threshold,
         seed=config.loop.seed,
+        min_option_mass=config.critic.min_option_mass,
     )
     return _write_metrics(metrics, ctx)
 
@@ -122,6 +123,7 @@ def evaluate(ctx: StageContext):
         toxicity_scores=stored if "toxicity" in config.critic.experts else None,
         toxicity_threshold=config.critic.toxicity_threshold,
         seed=config.loop.seed,
+        min_option_mass=config.critic.min_option_mass,
     )
     metrics.update(
         candidates=len(critiques),
@@ -143,14 +145,14 @@ def report(ctx: StageContext):
     return lambda out: write_run_report(run, out, filter_thresholds(ctx.config.critic))
 
 
-READS = ("evaluation", "critic.toxicity_model", "critic.toxicity_threshold", "loop.seed")
+READS = ("evaluation", "critic.toxicity_model", "critic.toxicity_threshold", "critic.min_option_mass", "loop.seed")
 EVALUATE_SEED = Stage(
     name="eval",
     command="evaluate-seed",
     reads=READS,
     work=evaluate_seed,
     inputs=lambda selected, k: [Input("seed"), Input("pairs")],
-    roles=_roles,
+    roles=evaluation_roles,
 )
 EVALUATE = Stage(
     name="eval",
@@ -164,14 +166,15 @@ EVALUATE = Stage(
         Input("selected", k),
         *([Input("adapter", k, optional=True)] if selected.loop.train else []),
     ],
-    roles=_roles,
+    roles=evaluation_roles,
     per_iteration=True,
 )
 
 
 def _report_inputs(selected, k) -> list[Input]:
     every = [(name, j) for j in range(selected.loop.iterations) for name in ("critiques", "selected", "eval")]
-    return [Input("seed"), Input("pairs"), Input("eval"), *(Input(name, j, optional=True) for name, j in every)]
+    optional = [Input("probes", optional=True), *(Input(name, j, optional=True) for name, j in every)]
+    return [Input("seed"), Input("pairs"), Input("eval"), *optional]
 
 
 REPORT = Stage(

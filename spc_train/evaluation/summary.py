@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..health.card import at_chance, read_card
 from ..runs import RunDir, load_rows, read_stage
 from .metrics import dataset_statistics
 from .paper import PAPER_REFERENCES
@@ -38,6 +39,17 @@ def iteration_rows(run: RunDir) -> dict[int, dict]:
             filters = {f"pass:{name}": rate for name, rate in selection["filter_pass_rates"].items()}
             rows[k] = {**evaluation["metrics"], "selected": selection["selected"], **filters}
     return rows
+
+
+NO_CARD = (
+    "Not measured: this run has no judge card (`{path}`), so nothing here says whether its judges can judge. "
+    "Run `spc-train check --probe` with this recipe to measure one (docs/judge_health.md)."
+)
+
+
+def judge_card(run: RunDir) -> dict | None:
+    """The run's judge card, written by its `probes` stage (`RUN/probes/card.json`), or None."""
+    return read_card(run.stage_dir("probes"))
 
 
 def _clean(value):
@@ -93,6 +105,8 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         notes=notes,
         paper=PAPER_REFERENCES,
         persona_sets=(read_stage(run.stage_dir("personas")) or {}).get("statistics"),
+        judge_card=judge_card(run),
+        judge_card_missing=NO_CARD.format(path=run.stage_dir("probes") / "card.json"),
     )
     return {"report": str(run.root / "report" / path.name), "iterations": list(rows)}
 
@@ -103,7 +117,9 @@ def format_summary(run: RunDir) -> str:
     filters = list(dict.fromkeys(key for row in rows.values() for key in row if key.startswith("pass:")))
     at = [key for key, _, _ in SUMMARY_COLUMNS].index("pass_rate") + 1
     columns = SUMMARY_COLUMNS[:at] + [(key, key, "{:.0%}") for key in filters] + SUMMARY_COLUMNS[at:]
-    header = ["iteration"] + [label for _, label, _ in columns]
+    card = judge_card(run)
+    blind = {key for key, _, _ in columns if at_chance(card, key)}
+    header = ["iteration"] + [label + ("*" if key in blind else "") for key, label, _ in columns]
     table = [header]
     for k, row in rows.items():
         cells = [f"iter-{k:02d}"]
@@ -116,6 +132,10 @@ def format_summary(run: RunDir) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in table]
     lines.append("")
+    if blind:
+        lines.append(
+            f"* judge at chance on its known-answer probe: read as noise (judge card: {run.stage_dir('probes')})"
+        )
     for k in rows:
         lines.append(f"iter-{k:02d}: selected {run.stage_dir('selected', k)}")
         if read_stage(run.stage_dir("adapter", k)):

@@ -1,0 +1,36 @@
+"""What a blind judge does (`loop.on_blind_judge`): `warn` names every judge at chance and goes on, its numbers
+marked in the report and the end-of-loop table; `stop` refuses to go on before those numbers are used."""
+
+from __future__ import annotations
+
+import logging
+
+from ..configs import RecipeError
+from .card import _number, blind
+
+logger = logging.getLogger(__name__)
+
+
+class BlindJudgeError(RecipeError):
+    """A judge scored at chance on its probe and the recipe says `loop.on_blind_judge: stop`."""
+
+
+def enforce(card: dict, on_blind: str = "warn") -> list[str]:
+    """Warn about (or, with `stop`, raise `BlindJudgeError` for) the card's entries at chance; returns their names."""
+    names = []
+    for entry in blind(card):
+        names.append(entry["name"])
+        logger.warning(
+            "The judge of %s %s is at chance on its probe (%s: %s): its numbers do not measure what they say. "
+            "Use a stronger judge model, or read them as noise.",
+            entry["kind"],
+            entry["name"],
+            entry["probe"],
+            ", ".join(f"{k} {_number(v)}" for k, v in entry["figures"].items()),
+        )
+    if names and on_blind == "stop":
+        raise BlindJudgeError(
+            f"Judges at chance on their probes: {', '.join(names)} (loop.on_blind_judge: stop). See the judge card; "
+            "use a stronger judge, drop those experts / measurements, or set loop.on_blind_judge: warn."
+        )
+    return names

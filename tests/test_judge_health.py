@@ -1,0 +1,401 @@
+"""Judge health: option mass, known-answer probes, the judge card and where it shows (issue #15).
+
+Judges are `RuleLM`s (tests/test_critic.py): stand-in causal LMs whose next-token logits follow a rule on the decoded
+prompt, so each test decides what the judge knows. A judge that knows the answer must come out `informative`, one
+that ignores its input `at chance`, one that always answers "1" with position consistency 0, and one that answers
+off-option with a low option mass and a WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from types import SimpleNamespace
+
+import pytest
+from test_critic import RuleLM, single_id
+
+from spc_train.configs import CriticConfig, EvaluationConfig, FieldValueError, LoopConfig
+from spc_train.critic.faithfulness import FaithfulnessExpert
+from spc_train.critic.fed import FedPolicyExpert
+from spc_train.critic.registry import critique
+from spc_train.critic.toxicity import ToxicityExpert
+from spc_train.data.conversation import format_conversation
+from spc_train.health import probes
+from spc_train.health.blind import BlindJudgeError, enforce
+from spc_train.health.card import at_chance, judge_of, read_card, render_card, write_card
+from spc_train.health.degrade import KINDS, degraded, degraded_copies
+from spc_train.health.figures import position_consistency, roc_auc, win_rate
+from spc_train.health.option_mass import recording, summary
+from spc_train.health.suite import run_probes
+from spc_train.health.verdicts import verdict
+from spc_train.judge import Judge
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+USER1_WORDS = ["zebra", "otter", "falcon", "badger", "lynx", "heron"]
+USER2_WORDS = ["violin", "kayak", "tulip", "comet", "pepper", "glacier"]
+KEYWORDS = USER1_WORDS + USER2_WORDS
+TOXIC_WORDS = ("idiot", "loser", "pathetic", "moron", "stupid", "worst", "fool", "hypocrite", "hate", "worthless")
+
+CORPUS = [
+    "Yes it does. No it does not. Yes. No. Answer with 1 or 2. Answer Yes or No. The answer is Yes.",
+    "0 1 2 3 4 5 6 7 8 9 score (0-9): 9 5 3 1 0 The User said The",
+    "Given user 1 and user 2's profiles respectively, does the following conversation contradict them? Why?",
+    "User 1 Profile: I like cats. User 2 Profile: I have a dog. Conversation 1: Conversation 2: Response:",
+    "User 1: hi, how are you today? User 2: I am fine, thanks. The weather is nice.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from spc_train.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer(CORPUS * 6, vocab_size=400)
+    for option in ["Yes", "No", "The", *map(str, range(10))]:
+        single_id(tokenizer, option)
+    return tokenizer
+
+
+def seed_conversations() -> list[dict]:
+    """Six seed-like records: each user's attributes hold a keyword their conversation talks about."""
+    records = []
+    for i, (a, b) in enumerate(zip(USER1_WORDS, USER2_WORDS)):
+        lines = [
+            f"Hi! I saw a {a} near my house today.",
+            f"Lucky you. I was practising with my {b} all morning.",
+            f"The {a} looked at me for a long time.",
+            f"Ha! My {b} is the best thing I own.",
+            f"Do you think a {a} would like your {b}?",
+            "Maybe, we should try it one day.",
+        ]
+        records.append(
+            {
+                "pair_id": f"p{i}",
+                "user1_persona": [f"I like every {a}.", f"My pet {a} is called Bo."],
+                "user2_persona": [f"I love my {b}.", f"My {b} is old."],
+                "turns": [{"speaker": 1 + j % 2, "text": text} for j, text in enumerate(lines)],
+            }
+        )
+    return records
+
+
+ORIGINALS = {format_conversation(r["turns"]) for r in seed_conversations()}
+
+
+def _lines(text: str, prefix: str) -> str:
+    """The prompt's lines that start with `prefix` (profile lines, conversation turns), wherever they stand."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
+
+
+def _first_conversation(text: str) -> str:
+    body = text.rsplit("Conversation 1:\n", 1)[1]
+    return body.split("\nConversation 2:\n", 1)[0]
+
+
+def knowing_rule(text: str) -> dict[str, float]:
+    """A judge that knows every answer: which question it is, it tells from the prompt (in any wording order)."""
+    turns = _lines(text, "User 1: ") + "\n" + _lines(text, "User 2: ")
+    if "Conversation 1:" in text:
+        first_is_seed = _first_conversation(text) in ORIGINALS
+        if "written by an AI" in text:  # detection: the degraded one is the AI one
+            return {"2": 6.0} if first_is_seed else {"1": 6.0}
+        return {"1": 6.0} if first_is_seed else {"2": 6.0}  # FED: the seed conversation is better
+    if "contradict either of their profiles" in text:
+        profiles = _lines(text, "User 1 Profile:") + _lines(text, "User 2 Profile:")
+        own = any(word in profiles and word in turns for word in KEYWORDS)
+        return {"No": 6.0} if own else {"Yes": 6.0}
+    if "Is this conversation toxic?" in text:
+        return {"Yes": 6.0} if any(word in turns.lower() for word in TOXIC_WORDS) else {"No": 6.0}
+    if "could truthfully say" in text:
+        attribute = re.search(r'truthfully say "(.*)"\?', text).group(1)
+        return {"Yes": 6.0} if any(w in attribute and w in turns for w in KEYWORDS) else {"No": 6.0}
+    seed = any(f"Conversation:\n{original}\n" in text for original in ORIGINALS)  # LLM-judge criteria
+    return {"Yes": 6.0, "9": 6.0, "5": 4.0, "3": 2.0} if seed else {"No": 6.0, "0": 6.0, "1": 6.0}
+
+
+def ignoring_rule(text: str) -> dict[str, float]:
+    return {}  # every option equal, whatever it is shown
+
+
+def judge_of_rule(tok, rule) -> Judge:
+    return Judge(RuleLM(tok, rule), tok)
+
+
+THRESHOLDS = (0.7, 0.6)
+
+
+# -- figures and verdicts -------------------------------------------------------------------------------------------
+def test_figures_on_known_inputs():
+    assert roc_auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert roc_auc([0.5, 0.5], [0.5, 0.5]) == 0.5
+    assert roc_auc([0.1], [0.9]) == 0.0
+    assert math.isnan(roc_auc([], [0.1]))
+    # Always "1": the better item wins when first (1.0) and loses when second (0.0).
+    assert win_rate([1.0, 1.0], [0.0, 0.0]) == 0.5
+    assert position_consistency([1.0, 1.0], [0.0, 0.0]) == 0.0
+    assert position_consistency([0.9, 0.2], [0.8, 0.3]) == 1.0
+    assert verdict(0.95) == "informative" and verdict(0.65) == "weak" and verdict(0.5) == "at chance"
+    assert verdict(float("nan")) == "at chance"
+    assert verdict(0.75, informative=0.8, weak=0.7) == "weak"
+
+
+def test_degraded_copies_differ_from_their_conversation_and_keep_its_personas():
+    records = seed_conversations()
+    for record in records[:2]:
+        for kind in KINDS:
+            copy = degraded(record, kind, seed=3)
+            assert copy["turns"] != record["turns"]
+            assert copy["user1_persona"] == record["user1_persona"] and copy["degraded"] == kind
+    assert degraded(records[0], "truncated")["turns"] == records[0]["turns"][:2]
+    assert [c["degraded"] for c in degraded_copies(records)] == list(KINDS) * 2
+    assert degraded_copies(records, seed=5) == degraded_copies(records, seed=5)
+
+
+# -- probes: a judge that knows vs one that ignores its input --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("rule", "expected", "figure"),
+    [(knowing_rule, "informative", 1.0), (ignoring_rule, "at chance", 0.5)],
+    ids=["knowing", "ignoring"],
+)
+def test_faithfulness_probe(tok, rule, expected, figure):
+    expert = FaithfulnessExpert("faithfulness", judge_of_rule(tok, rule), 0.5, examples=0)
+    entry = probes.faithfulness_probe(expert, seed_conversations(), seed=1, thresholds=THRESHOLDS)
+    assert entry["figure"] == pytest.approx(figure, abs=1e-6)
+    assert entry["verdict"] == expected
+    assert entry["option_mass"]["questions"] == 2 * 6 + 4  # own, swapped, and the shipped examples
+
+
+@pytest.mark.parametrize(("rule", "expected"), [(knowing_rule, "informative"), (ignoring_rule, "at chance")])
+def test_toxicity_probe_on_the_shipped_fixture(tok, rule, expected):
+    fixture = probes.toxicity_fixture()
+    assert sum(r["toxic"] for r in fixture) == 10 and len(fixture) == 20
+    expert = ToxicityExpert("toxicity", 0.5, judge=judge_of_rule(tok, rule))
+    entry = probes.toxicity_probe(expert, thresholds=THRESHOLDS)
+    assert entry["verdict"] == expected
+    assert entry["figure"] == pytest.approx(1.0 if rule is knowing_rule else 0.5, abs=1e-6)
+    assert judge_of({"entries": [entry]}, "toxicity_rate") is entry  # the evaluation's toxicity metrics too
+
+
+def test_policy_probe_knowing_ignoring_and_always_first(tok):
+    records = seed_conversations()
+    knowing = probes.policy_probe(FedPolicyExpert("depth", judge_of_rule(tok, knowing_rule)), records, 2, THRESHOLDS)
+    assert knowing["figures"]["win rate"] > 0.99 and knowing["figures"]["position consistency"] == 1.0
+    assert knowing["verdict"] == "informative"
+
+    always_first = FedPolicyExpert("coherency", judge_of_rule(tok, lambda text: {"1": 8.0}))
+    entry = probes.policy_probe(always_first, records, 2, THRESHOLDS)
+    assert entry["figures"]["position consistency"] == 0.0
+    assert entry["figures"]["win rate"] == pytest.approx(0.5, abs=1e-3)
+    assert entry["verdict"] == "at chance"
+    assert entry["details"]["p_first_answer"] > 0.99
+
+
+def test_persona_grounding_probe_uses_the_experts_auc():
+    from spc_train.critic.persona_grounding import PersonaGroundingExpert
+
+    def embed(texts):  # one axis per keyword: a sentence is close to the attributes that share its keyword
+        import numpy as np
+
+        return np.array([[float(w in t) for w in KEYWORDS] + [0.1] for t in texts])
+
+    entry = probes.grounding_probe(PersonaGroundingExpert("persona_grounding", embed), seed_conversations(), 0)
+    assert entry["verdict"] == "informative" and entry["option_mass"] is None
+    assert judge_of({"entries": [entry]}, "persona_grounding_mean") is entry
+
+
+@pytest.mark.parametrize(("rule", "expected"), [(knowing_rule, "informative"), (ignoring_rule, "at chance")])
+def test_evaluation_judge_probes(tok, rule, expected):
+    records = seed_conversations()
+    judge = judge_of_rule(tok, rule)
+    found = [
+        probes.detection_probe(judge, records, 0, THRESHOLDS),
+        probes.extraction_probe(judge, records, 0, THRESHOLDS),
+        *(probes.llm_judge_probe(judge, records, 0, family, THRESHOLDS) for family in ("gpt_score", "g_eval")),
+    ]
+    assert [entry["verdict"] for entry in found] == [expected] * 4
+    if rule is ignoring_rule:
+        assert found[0]["figures"]["position consistency"] == 0.0  # 0.5 each way picks no winner
+        assert found[1]["figure"] == pytest.approx(0.5)
+    else:
+        assert all(entry["figure"] > 0.99 for entry in found)
+
+
+# -- option mass ---------------------------------------------------------------------------------------------------
+def off_option_rule(text: str) -> dict[str, float]:
+    return {"The": 8.0}  # answers with a third token; "Yes" and "No" share what is left
+
+
+def test_an_off_option_judge_has_low_option_mass_and_is_named_in_a_warning(tok, caplog):
+    judge = judge_of_rule(tok, off_option_rule)
+    candidates = [{**r, "candidate": 0, "parsed": True} for r in seed_conversations()[:3]]
+    candidates.append({**candidates[0], "pair_id": "x", "parsed": False, "reject_reason": "no turns"})
+    expert = FaithfulnessExpert("faithfulness", judge, 0.5, examples=0)
+    with caplog.at_level(logging.WARNING):
+        rows = critique(candidates, [expert], min_option_mass=0.5)
+    mass = [row["option_mass"]["faithfulness"] for row in rows]
+    assert all(m["mean"] < 0.01 and m["top_tokens"] == ["The"] for m in mass[:3])
+    assert mass[3] is None  # never asked
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("faithfulness" in w and "'The'" in w and "0.0%" in w for w in warnings), warnings
+
+    caplog.clear()
+    knowing = FaithfulnessExpert("faithfulness", judge_of_rule(tok, knowing_rule), 0.5, examples=0)
+    with caplog.at_level(logging.WARNING):
+        rows = critique(candidates, [knowing], min_option_mass=0.5)
+    assert all(row["option_mass"]["faithfulness"]["mean"] > 0.99 for row in rows[:3])
+    assert not [r for r in caplog.records if "option" in r.getMessage()]
+
+
+def test_critique_shards_put_option_mass_per_expert_in_the_stats(tok, tmp_path, caplog):
+    from spc_train.critic.critiques import critique_shards, option_mass_stats
+    from spc_train.runs import read_shards
+
+    candidates = []
+    for record in seed_conversations()[:2]:
+        for c in range(2):
+            candidates.append({**record, "candidate": c, "parsed": True})
+
+    def experts():
+        return [
+            FaithfulnessExpert("faithfulness", judge_of_rule(tok, knowing_rule), 0.5, examples=0),
+            FedPolicyExpert("depth", judge_of_rule(tok, off_option_rule)),
+        ]
+
+    with caplog.at_level(logging.WARNING):
+        stats = critique_shards(candidates, experts, tmp_path / "shards", shard_size=1, min_option_mass=0.5)
+    assert stats["option_mass"]["faithfulness"]["mean"] > 0.99
+    assert stats["option_mass"]["depth"]["mean"] < 0.01 and stats["option_mass"]["depth"]["top_tokens"] == ["The"]
+    warned = [r.getMessage() for r in caplog.records if "option" in r.getMessage()]
+    assert len(warned) == 1 and "'depth'" in warned[0]  # once for the run, not once per shard
+    rows = read_shards(tmp_path / "shards", stats["num_shards"])
+    assert option_mass_stats(rows)["depth"]["min"] == pytest.approx(stats["option_mass"]["depth"]["min"])
+
+
+def test_recording_restores_the_judge_and_records_every_call(tok):
+    judge = judge_of_rule(tok, off_option_rule)
+    with recording(judge) as log:
+        judge.option_probabilities(["a", "b"], ["Yes", "No"])
+        judge.option_probabilities(["c"], ["1", "2"])
+    assert log.calls == 2 and len(log.masses) == 3
+    assert "option_probabilities" not in vars(judge)
+    assert summary([]) is None
+
+
+def test_evaluation_records_option_mass_per_measurement(tok, caplog):
+    from spc_train.evaluation.evaluate import Evaluators, evaluate_dataset
+
+    judge = judge_of_rule(tok, off_option_rule)
+    config = EvaluationConfig(measurements=["llm_judge"], llm_judge_families=["gpt_score"])
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate_dataset(seed_conversations()[:2], config=config, evaluators=Evaluators(judge=lambda: judge))
+    assert metrics["option_mass_llm_judge_mean"] < 0.01 and metrics["option_mass_llm_judge_min"] < 0.01
+    assert any("llm_judge" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+# -- the card: run_probes, rendering, what is at chance, the report -------------------------------------------------
+def recipe(**critic):
+    return SimpleNamespace(
+        critic=CriticConfig(
+            experts=["faithfulness", "toxicity", "depth"], faithfulness_examples=0, probe_conversations=4, **critic
+        ),
+        evaluation=EvaluationConfig(
+            measurements=["toxicity", "detection", "extraction", "llm_judge"], llm_judge_families=["gpt_score"]
+        ),
+        loop=LoopConfig(),
+    )
+
+
+def no_classifier(path):
+    raise AssertionError(f"no classifier should load, got {path}")
+
+
+def test_run_probes_builds_the_card_from_loaders(tok, tmp_path):
+    loads = []
+
+    def judge():
+        loads.append(1)
+        return judge.instance
+
+    judge.instance = judge_of_rule(tok, knowing_rule)
+    card = run_probes(recipe(), judge, no_classifier, seed_conversations(), seed=7, identity={"judge": "rule"})
+    names = [entry["name"] for entry in card["entries"]]
+    assert names == ["faithfulness", "toxicity", "depth", "detection", "extraction", "gpt_score"]
+    assert {entry["verdict"] for entry in card["entries"]} == {"informative"}
+    assert card["conversations"] == 4 and card["judge"] == {"judge": "rule"}
+    assert card == run_probes(recipe(), judge, no_classifier, seed_conversations(), seed=7, identity={"judge": "rule"})
+    assert not at_chance(card, "detection_lose") and enforce(card, "stop") == []
+
+    path = write_card(card, tmp_path / "probes")
+    assert read_card(tmp_path / "probes") == read_card(path) and (tmp_path / "probes" / "card.md").exists()
+    table = render_card(card)
+    assert "| faithfulness | expert | AUC 1.00 | informative | 1.00 |" in table
+
+
+def test_a_blind_card_is_marked_and_can_stop_the_loop(tok, caplog):
+    blind_judge = judge_of_rule(tok, ignoring_rule)
+    card = run_probes(recipe(), lambda: blind_judge, no_classifier, seed_conversations(), seed=7)
+    assert {entry["verdict"] for entry in card["entries"]} == {"at chance"}
+    columns = ("faithfulness_mean", "pass:faithfulness", "toxicity_mean", "detection_lose", "extraction_precision")
+    for column in columns:
+        assert at_chance(card, column), column
+    assert not at_chance(card, "distinct_1") and not at_chance(card, "option_mass_detection_mean")
+    with caplog.at_level(logging.WARNING):
+        assert "detection" in enforce(card, "warn")
+    assert any("at chance" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BlindJudgeError, match="on_blind_judge"):
+        enforce(card, "stop")
+
+
+def test_the_report_opens_with_the_card_and_marks_tables_of_blind_judges(tok, tmp_path):
+    from spc_train.evaluation.report import write_report
+
+    card = run_probes(recipe(), lambda: judge_of_rule(tok, ignoring_rule), no_classifier, seed_conversations(), 7)
+    metrics = {
+        "distinct_1": {"seed": 0.5, "iter-00": 0.4},
+        "detection_lose": {"iter-00": 0.3},
+        "option_mass_detection_mean": {"iter-00": 0.2},
+    }
+    common = dict(
+        title="t",
+        columns=["seed", "iter-00"],
+        metrics=metrics,
+        score_distributions={},
+        pass_rates={"iter-00": {"faithfulness": 0.9}},
+        examples={},
+    )
+    text = write_report(tmp_path / "with", judge_card=card, **common).read_text()
+    assert text.index("## Judge card") < text.index("## Dataset statistics")
+    assert "detection_lose ⚠ judge at chance" in text and "faithfulness ⚠ judge at chance" in text
+    assert "> **Judge at chance**" in text and "distinct_1 ⚠" not in text
+    assert "## Judge option mass" in text
+
+    text = write_report(tmp_path / "without", judge_card_missing="Not measured: no card.", **common).read_text()
+    assert "## Judge card\n\nNot measured: no card." in text and "⚠" not in text
+
+
+def test_config_fields_and_their_checks():
+    critic = CriticConfig()
+    assert (critic.min_option_mass, critic.probe_informative, critic.probe_weak) == (0.5, 0.7, 0.6)
+    assert critic.probe_conversations == 16 and LoopConfig().on_blind_judge == "warn"
+    for bad in ({"min_option_mass": 1.5}, {"probe_weak": 0.8}, {"probe_conversations": 1}):
+        with pytest.raises(FieldValueError):
+            CriticConfig(**bad)
+    with pytest.raises(FieldValueError):
+        LoopConfig(on_blind_judge="ignore")
+
+
+def test_the_end_of_loop_table_marks_columns_of_blind_judges(tmp_path, monkeypatch):
+    from spc_train.evaluation import summary
+
+    card = {"entries": [{"name": "detection", "verdict": "at chance", "metrics": ["detection_"]}]}
+    run = SimpleNamespace(root=tmp_path, stage_dir=lambda stage, k=None: tmp_path / str(k) / stage)
+    monkeypatch.setattr(summary, "iteration_rows", lambda run: {0: {"detection_lose": 0.4, "candidates": 8}})
+    monkeypatch.setattr(summary, "judge_card", lambda run: card)
+    text = summary.format_summary(run)
+    assert "AI-detected*" in text and "candidates*" not in text
+    assert "* judge at chance on its known-answer probe" in text
+
+    monkeypatch.setattr(summary, "judge_card", lambda run: None)
+    assert "*" not in summary.format_summary(run)
