@@ -386,6 +386,7 @@ def run_command(args, overrides: list[str]) -> int:
         if args.command == "loop":
             loop.run_all()
             if main_process:
+                loop.run.current = loop.current_fingerprints()  # the iterations of this recipe, as it stands, only
                 print(format_summary(loop.run))
             return 0
         loop.refuse_stale_inputs()

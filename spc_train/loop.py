@@ -200,7 +200,10 @@ class Loop:
             return fp
         logger.info("run  %-22s", label)
         started, state = time.perf_counter(), PartialState()
-        ctx = StageContext(stage, config, iteration, self.run, folder, fp, Models(config), inputs, fingerprints)
+        current = {label: entry["fingerprint"] for label, entry in self._current.items()} if self._current else None
+        ctx = StageContext(
+            stage, config, iteration, self.run, folder, fp, Models(config), inputs, fingerprints, current
+        )
         write = stage.work(ctx)
         state.wait_for_everyone()
         if state.is_main_process:

@@ -139,6 +139,7 @@ class StageContext:
     models: Any  # `model_roles.Models` over the selection
     inputs: list[Input] = field(default_factory=list)  # the declared inputs it uses (an optional one when found)
     input_fingerprints: dict[str, str] = field(default_factory=dict)  # `{label: fingerprint}` of those inputs
+    current: dict[str, str] | None = None  # a stage run alone: `{label: fingerprint}` the recipe gives every stage
 
     def input(self, name: str, iteration: int | None = None) -> Path:
         """The folder of a declared input."""

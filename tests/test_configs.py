@@ -195,6 +195,10 @@ BAD_VALUES = {
     "critic.judge_context": [0],
     "critic.batch_tokens": [0],
     "critic.shard_size": [0],
+    "critic.min_option_mass": [-0.1, 1.5],
+    "critic.probe_informative": [0.5, 1.2],  # under probe_weak (0.6), over 1
+    "critic.probe_weak": [-0.1],
+    "critic.probe_conversations": [1],
     "evaluation.measurements": [["statistics", "detektion"]],
     "evaluation.judged_conversations": [0],
     "evaluation.llm_judge_families": [["g_eval", "gpt4"]],
@@ -206,6 +210,7 @@ BAD_VALUES = {
     "loop.update": ["restart"],
     "loop.grow_pool": [3],
     "loop.tiny_models_dir": [3],
+    "loop.on_blind_judge": ["ignore"],
     "hub.repo_id": ["justname", "a/b/c"],
     "hub.model_repo_id": ["bad id/x"],
     "hub.private": [3],

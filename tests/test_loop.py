@@ -67,7 +67,7 @@ def test_rerun_does_no_work(demo_run, caplog):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")} == before
     messages = [r.getMessage() for r in caplog.records if r.name == "spc_train.loop"]
     assert messages and all(m.startswith("skip") for m in messages)
-    assert len(messages) == 3 + 2 * len(STAGES) + 1  # seed, pairs, seed evaluation, 2 iterations, report
+    assert len(messages) == 4 + 2 * len(STAGES) + 1  # seed, pairs, probes, seed evaluation, 2 iterations, report
 
 
 def test_adapter_of_iteration_0_changes_the_generator(demo_run):

@@ -229,7 +229,12 @@ def critique(candidates: list[dict], experts: list, min_option_mass: float | Non
     is shown to no expert, so no judge call is spent on it and no score of text that is not a conversation is
     stored: its scores are NaN (which fails every filter), its pairwise rows all NaN (the pair's n x n matrix keeps
     its shape), and `reasons["parse"]` is `"unparsed: <reject_reason>"`. Selection already refuses it.
+
+    The judges' prefix stores (`Judge.clear_prefix_cache`) start empty, so the scores depend on these candidates
+    alone, not on what was scored before: a resumed critique, or one on more processes, gives the same bits.
     """
+    for judge in {id(e.judge): e.judge for e in experts if isinstance(getattr(e, "judge", None), Judge)}.values():
+        judge.clear_prefix_cache()
     nan = float("nan")
     rows = [{**c, "scores": {}, "pairwise": {}, "reasons": {}, "option_mass": {}} for c in candidates]
     asked = [i for i, c in enumerate(candidates) if c.get("parsed", True)]

@@ -112,8 +112,9 @@ def stop_if_nothing_selected(recipe, folder: Path) -> None:
     record = read_stage(folder)
     if record and record["rows"] == 0 and recipe.loop.train:
         raise StageInputError(
-            f"{folder.parent.name} selected no conversation ({empty_selection_cause(record)}), so there is nothing "
-            "to train on: lower that threshold or sample more candidates, then re-run the same command."
+            f"Iteration {int(folder.parent.name.removeprefix('iter-'))} selected no conversation "
+            f"({empty_selection_cause(record)}), so there is nothing to train on: lower that threshold or sample more "
+            "candidates, then re-run the same command."
         )
 
 

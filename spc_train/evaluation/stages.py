@@ -141,7 +141,8 @@ def report(ctx: StageContext):
     from ..critic.selection import filter_thresholds
     from .summary import write_run_report
 
-    run = RunDir(ctx.run.root, current=ctx.input_fingerprints)
+    # Alone, what the recipe makes as it stands (a stale iteration is named as such); in the loop, what it read.
+    run = RunDir(ctx.run.root, current=ctx.current or ctx.input_fingerprints)
     return lambda out: write_run_report(run, out, filter_thresholds(ctx.config.critic))
 
 

@@ -50,7 +50,7 @@ def run_probes(
     """The judge card of `recipe`: one entry per critic expert and per judge measurement of `recipe.evaluation`.
 
     `judge()` returns the `Judge`, `classifier(path)` a (model, tokenizer) pair, both loading on first use (the
-    loop's `_judge_loaders`); `experts` replaces the experts the registry would build (tests). `identity` (the
+    `model_roles.Models`); `experts` replaces the experts the registry would build (tests). `identity` (the
     judge's model identity) is recorded in the card so a card can be matched to the judge it measured.
     """
     critic = recipe.critic
