@@ -47,7 +47,6 @@ NO_OUTPUT: dict[str, str] = {
     "loop.tiny_models_dir": "builds the tiny models when missing; their weights count through the roles' identities",
     "loop.iterations": "how many iterations are scheduled; each iteration's stages are their own",
     "loop.on_blind_judge": "whether the loop goes on past a judge at chance; the probes and their card are the same",
-    "critic.min_option_mass": "where a low option mass is warned about; the scores and figures are the same",
 }
 
 
