@@ -511,6 +511,10 @@ class CriticConfig(_Checked):
         }
 
 
+# `loop.report_to`: the trackers `spc_train.trackers` sends each iteration's metrics to (each named as its package).
+TRACKER_CHOICES = ("none", "all", "tensorboard", "trackio", "wandb")
+
+
 @dataclass
 class LoopConfig(_Checked):
     """The iteration driver."""
@@ -535,6 +539,19 @@ class LoopConfig(_Checked):
             "and go on, its numbers marked, or `stop` before its numbers are used."
         },
     )
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Experiment trackers that receive each iteration's metrics (step = iteration) and the report: "
+            "none, tensorboard (in RUN/trackers), trackio, wandb, or all (every one installed). "
+            "training.report_to is TRL's own, per training step."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.report_to, str):  # `report_to: tensorboard`, as TRL's field takes it
+            self.report_to = [self.report_to]
+        super().__post_init__()
 
     def _rules(self) -> dict[str, Rule]:
         return {
@@ -542,6 +559,10 @@ class LoopConfig(_Checked):
             "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
             "update": one_of(("continue", "fresh")),
             "on_blind_judge": one_of(("warn", "stop")),
+            "report_to": (
+                lambda v: all(name in TRACKER_CHOICES for name in v) and ("none" not in v or len(v) == 1),
+                "names from " + ", ".join(TRACKER_CHOICES) + " (none alone)",
+            ),
         }
 
 

@@ -66,6 +66,8 @@ def producer(name: str, iteration: int | None) -> Stage:
 
 
 class Loop:
+    trackers = None  # while `run_all` runs: `trackers.Trackers`, where each iteration's metrics go
+
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, allow_stale: bool = False):
         self.recipe = recipe
         self.run = RunDir(run_dir)
@@ -214,8 +216,12 @@ class Loop:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def run_all(self) -> None:
-        self.prepare()
-        self._schedule()
+        from .trackers import Trackers
+
+        self.trackers = Trackers(self.recipe, self.run)  # `loop.report_to`; a tracker not installed stops here
+        with self.trackers:
+            self.prepare()
+            self._schedule()
 
     def order(self) -> Iterator[tuple[Stage, int | None]]:
         """The stages the recipe schedules, with their iteration, in loop order."""
@@ -229,6 +235,8 @@ class Loop:
         loop (a blind judge, an empty selection), and after each iteration what is finished goes to the Hub."""
         for stage, k in self.order():
             self._run(stage, k)
+            if self._plan is None and self.trackers is not None:
+                self.trackers.stage_done(stage, k)  # an iteration's metrics, after its evaluation
             if self._plan is None and stage.gate is not None:
                 stage.gate(self.recipe, self.run.stage_dir(stage.name, k))
             if stage is ITERATION[-1][0] or stage is FINISH[-1][0]:

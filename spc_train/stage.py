@@ -47,6 +47,7 @@ NO_OUTPUT: dict[str, str] = {
     "loop.tiny_models_dir": "builds the tiny models when missing; their weights count through the roles' identities",
     "loop.iterations": "how many iterations are scheduled; each iteration's stages are their own",
     "loop.on_blind_judge": "whether the loop goes on past a judge at chance; the probes and their card are the same",
+    "loop.report_to": "which trackers receive each iteration's metrics, read from finished stages; they make nothing",
 }
 
 

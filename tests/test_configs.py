@@ -211,6 +211,7 @@ BAD_VALUES = {
     "loop.grow_pool": [3],
     "loop.tiny_models_dir": [3],
     "loop.on_blind_judge": ["ignore"],
+    "loop.report_to": [["tensorbord"], ["none", "wandb"], 3],
     "hub.repo_id": ["justname", "a/b/c"],
     "hub.model_repo_id": ["bad id/x"],
     "hub.private": [3],

@@ -41,6 +41,7 @@ ALTERNATIVES = {
     "critic.persona_grounding_role": "filter",
     "loop.update": "fresh",
     "loop.on_blind_judge": "stop",
+    "loop.report_to": ["tensorboard"],
     "hub.repo_id": "org/data",
     "hub.model_repo_id": "org/model",
     "model.load_in_4bit": None,  # with a GGUF file or on CPU it is refused: the spec's identity covers it anyway
