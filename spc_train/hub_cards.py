@@ -220,36 +220,29 @@ The resolved recipe of the run (also `recipe.yaml` in this repository):
     )
 
 
-def model_card(
-    run: RunDir,
-    k: int,
-    revision: str,
+def adapter_card(
+    name: str,
+    base: str,
     adapter_config: dict[str, Any],
-    dataset_repo: str,
-    iterations: list[int],
+    training: dict[str, Any],
+    stats: dict[str, Any],
+    *,
+    title: str,
+    where: str,
+    data: str,
+    metrics: str,
+    dataset_repo: str | None = None,
+    revision: str | None = None,
 ) -> str:
-    recipe, name = run_recipe(run), f"iter-{k:02d}"
-    base = adapter_config.get("base_model_name_or_path") or recipe.get("model", {}).get("name_or_path", "")
+    """The model card of one adapter (a PEFT folder) from the values it is made of: what `push` uploads (with
+    `dataset_repo` and `revision`) and what the training stage writes in the adapter folder (without)."""
     meta: dict[str, Any] = {}
     if _looks_like_hub_id(base):
         meta["base_model"] = base
-    meta |= {
-        "library_name": "peft",
-        "pipeline_tag": "text-generation",
-        "tags": MODEL_TAGS,
-        "datasets": [dataset_repo],
-    }
-    stats = read_stage(run.stage_dir("adapter", k)) or {}
-    metrics = iteration_metrics(run)
-    columns = (["seed"] if any("seed" in v for v in metrics.values()) else []) + [name]
+    meta |= {"library_name": "peft", "pipeline_tag": "text-generation", "tags": MODEL_TAGS}
+    if dataset_repo:
+        meta["datasets"] = [dataset_repo]
     lora = {key: adapter_config.get(key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "task_type")}
-    training = recipe.get("training") or {}
-    branches = ", ".join(f"`iter-{i:02d}`" for i in iterations)
-    where = (
-        f"This is `main`, which holds the last iteration ({name}); every iteration has its own branch: {branches}."
-        if revision == "main"
-        else f"This is branch `{revision}`; the other iterations are on branches {branches}, the last also on `main`."
-    )
     training_keys = [
         "max_steps",
         "num_train_epochs",
@@ -262,21 +255,29 @@ def model_card(
         "seed",
     ]
     training_lines = "\n".join(f"- `{key}`: {training[key]}" for key in training_keys if key in training)
+    if revision is not None:
+        usage = f"""from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "<this repo>", revision="{revision}")
+tokenizer = AutoTokenizer.from_pretrained("<this repo>", revision="{revision}")"""
+    else:
+        usage = """from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("<this folder>")  # loads the base named in adapter_config.json
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")"""
     return (
         _front_matter(meta)
         + f"""
-# LoRA adapter `{name}` of spc_train run `{run.root.name}`
+# {title}
 
 A LoRA adapter for **`{base}`**, trained with TRL's `SFTTrainer` on the conversations selected in iteration
 {name} of a Synthetic-Persona-Chat Generator-Critic loop ({SPC_PAPER}, {SPC_ARXIV}). {where}
 
 ```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-base = AutoModelForCausalLM.from_pretrained("{base}")
-model = PeftModel.from_pretrained(base, "<this repo>", revision="{revision}")
-tokenizer = AutoTokenizer.from_pretrained("<this repo>", revision="{revision}")
+{usage}
 ```
 
 ## Base model
@@ -287,8 +288,7 @@ LoRA: {", ".join(f"{key}={value}" for key, value in lora.items())}.
 
 ## Data
 
-Config `{name}` of the dataset [`{dataset_repo}`](https://huggingface.co/datasets/{dataset_repo})
-(`load_dataset("{dataset_repo}", "{name}")`), as zero-shot generator prompt -> conversation rows.
+{data}
 
 ## Training
 
@@ -307,7 +307,7 @@ steps on {_fmt(stats.get("rows"))} conversations (initialised from: {_fmt(stats.
 
 ## Metrics
 
-{_metrics_table(metrics, columns)}
+{metrics}
 
 ## Citation
 
@@ -315,4 +315,75 @@ steps on {_fmt(stats.get("rows"))} conversations (initialised from: {_fmt(stats.
 {SPC_CITATION}
 ```
 """
+    )
+
+
+def model_card(
+    run: RunDir,
+    k: int,
+    revision: str,
+    adapter_config: dict[str, Any],
+    dataset_repo: str,
+    iterations: list[int],
+) -> str:
+    """The card `push` uploads with the adapter of iteration `k`, on branch `revision` of the model repo."""
+    recipe, name = run_recipe(run), f"iter-{k:02d}"
+    base = adapter_config.get("base_model_name_or_path") or recipe.get("model", {}).get("name_or_path", "")
+    metrics = iteration_metrics(run)
+    columns = (["seed"] if any("seed" in v for v in metrics.values()) else []) + [name]
+    branches = ", ".join(f"`iter-{i:02d}`" for i in iterations)
+    where = (
+        f"This is `main`, which holds the last iteration ({name}); every iteration has its own branch: {branches}."
+        if revision == "main"
+        else f"This is branch `{revision}`; the other iterations are on branches {branches}, the last also on `main`."
+    )
+    data = (
+        f"Config `{name}` of the dataset [`{dataset_repo}`](https://huggingface.co/datasets/{dataset_repo})\n"
+        f'(`load_dataset("{dataset_repo}", "{name}")`), as zero-shot generator prompt -> conversation rows.'
+    )
+    return adapter_card(
+        name,
+        base,
+        adapter_config,
+        recipe.get("training") or {},
+        read_stage(run.stage_dir("adapter", k)) or {},
+        title=f"LoRA adapter `{name}` of spc_train run `{run.root.name}`",
+        where=where,
+        data=data,
+        metrics=_metrics_table(metrics, columns),
+        dataset_repo=dataset_repo,
+        revision=revision,
+    )
+
+
+def local_model_card(
+    k: int, adapter_config: dict[str, Any], training: dict[str, Any], stats: dict[str, Any], update: str
+) -> str:
+    """The card the training stage writes in `RUN/iter-NN/adapter/README.md`, from what training knows: base model,
+    data, training settings and losses. Deterministic (no run path, no time), as it counts in the stage's output
+    hash; `push` uploads its own card, with the dataset repo and the iteration's metrics."""
+    name = f"iter-{k:02d}"
+    selections = f"`{name}/selected`" if update == "continue" or k == 0 else f"`iter-00/selected` to `{name}/selected`"
+    data = (
+        f"The conversations the Critic selected ({selections} of the run directory, `loop.update: {update}`), as "
+        f"zero-shot generator prompt -> conversation rows (`{name}/train`, the SFT rows)."
+    )
+    metrics = (
+        f"Measured after training, with the iteration's selection: `{name}/eval/stage.json` and the run's "
+        "`report/report.md`; `spc-train push` puts them in the card it uploads."
+    )
+    where = (
+        f"This folder is the `adapter` stage of {name} (`RUN/{name}/adapter`); its `adapter_config.json` names the "
+        "base model by Hub id or absolute path, so it loads from any working directory."
+    )
+    return adapter_card(
+        name,
+        adapter_config.get("base_model_name_or_path") or "",
+        adapter_config,
+        training,
+        stats,
+        title=f"LoRA adapter `{name}` of an spc_train run",
+        where=where,
+        data=data,
+        metrics=metrics,
     )

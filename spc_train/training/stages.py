@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def train(ctx: StageContext):
 
     k = ctx.iteration
     init = next((str(ctx.input("adapter", i.iteration)) for i in ctx.inputs if i.name == "adapter"), None)
+    init_label = next((f"iter-{i.iteration:02d}/adapter" for i in ctx.inputs if i.name == "adapter"), None)
     scratch = ctx.scratch("checkpoints")
     rows = load_from_disk(str(ctx.input("train", k)), keep_in_memory=True)  # no cache files in the run
     if len(rows) == 0:
@@ -57,9 +59,24 @@ def train(ctx: StageContext):
             if path.name != "training_args.bin":  # a pickle of this run's paths; the recipe has the values
                 shutil.move(str(path), out / path.name)
         shutil.rmtree(scratch)
+        write_card(out, k, ctx.config, {**stats, "init_adapter": init_label})
         return stats
 
     return write
+
+
+def write_card(adapter_dir: Path, k: int, config, stats: dict[str, Any]) -> None:
+    """The adapter's model card (`hub_cards.local_model_card`) in place of PEFT's empty template: base model, data,
+    training settings and losses. Written before the stage lists its files, and deterministic (no time, no run
+    path): it counts in the stage's output hash, which `spc-train reproduce` compares."""
+    from ..hub_cards import local_model_card
+
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    training = {**config.section("training"), "seed": config.loop.seed + k}  # as the stage trains: its seed,
+    if training.get("completion_only_loss") is None:  # and the loss on completions unless the recipe says otherwise
+        training["completion_only_loss"] = True
+    card = local_model_card(k, adapter_config, training, stats, config.loop.update)
+    (adapter_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 SFT_DATA = Stage(
