@@ -17,7 +17,16 @@ from typing import Any, NamedTuple
 
 from ..health.card import at_chance, judge_of, render_card
 from .paper import PAPER_PERSONA_SETS
-from .plots import SECTION_PLOTS, is_measured, plot_metrics, plot_pass_rates, plot_score_distributions
+from .plots import (
+    SECTION_FIGURES,
+    is_measured,
+    metrics_figure,
+    pass_order,
+    pass_rates_figure,
+    pattern_matches,
+    save,
+    score_distributions_figure,
+)
 
 MISSING = "–"
 
@@ -193,14 +202,6 @@ def _persona_set_lines(persona_sets: dict[str, dict[str, float]]) -> list[str]:
     return ["## Persona set (Table 1)", "", PERSONA_SETS_HOW_TO_READ, ""] + _table(header, rows) + [""]
 
 
-def _pattern_matches(pattern: str, name: str) -> bool:
-    if pattern.endswith("_"):
-        return name.startswith(pattern)
-    if pattern.startswith("_"):
-        return name.endswith(pattern)
-    return name == pattern
-
-
 def group_metrics(names: list[str]) -> list[tuple[Section, list[str]]]:
     """(section, its metric names in row order) for every section that holds one of `names`, in section order.
 
@@ -209,7 +210,7 @@ def group_metrics(names: list[str]) -> list[tuple[Section, list[str]]]:
     placed: dict[str, list[tuple[int, int, str]]] = {}
     for index, name in enumerate(names):
         for section in SECTIONS:
-            rank = next((r for r, p in enumerate(section.prefixes_or_names) if _pattern_matches(p, name)), None)
+            rank = next((r for r, p in enumerate(section.prefixes_or_names) if pattern_matches(p, name)), None)
             if rank is not None:
                 placed.setdefault(section.slug, []).append((rank, index, name))
                 break
@@ -338,7 +339,7 @@ def _section_lines(
 
 
 def judge_card_lines(card: dict | None, missing: str | None = None) -> list[str]:
-    """The report's opening section: the judge card, or why there is none."""
+    """The section right after the header: the judge card, or why there is none."""
     if card:
         return ["## Judge card", "", render_card(card), ""]
     if missing:
@@ -360,6 +361,8 @@ def write_report(
     persona_sets: dict[str, dict[str, float]] | None = None,
     judge_card: dict | None = None,
     judge_card_missing: str | None = None,
+    header: list[str] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> Path:
     """Write `report.md`, `metrics.json` and the PNG plots into `report_dir`; return the path of `report.md`.
 
@@ -368,11 +371,14 @@ def write_report(
     `PAPER_REFERENCES`), shown in a `paper` column of the sections where one of their metrics has one.
     `persona_sets` (set name -> Table 1 statistics, from an expansion) adds a table beside the paper's Table 1 rows.
     `columns` is the source of truth for what is shown and in which order: values keyed by other columns are
-    ignored. Expert/filter names are sorted. Plots: `metrics-<slug>.png` per section, `score_distributions.png`,
-    `pass_rates.png`; a plot without data is neither written nor linked (a stale PNG of that name from an earlier
-    run is removed, as is the single `metrics.png` of older reports).
-    `judge_card` (`health.card`) opens the report, and every table row whose judge is at chance on its probe is
-    marked; without a card, `judge_card_missing` says why in its place.
+    ignored. Pass-rate rows follow `plots.pass_order` (parsed, each filter, all filters). Plots:
+    `metrics-<slug>.png` per section, `score_distributions.png`, `pass_rates.png`; a plot without data is neither
+    written nor linked (a stale PNG of that name from an earlier run is removed, as is the single `metrics.png` of
+    older reports).
+    `header` (markdown lines: which run, models and packages, what changed; `header.run_header`) comes first, then
+    `judge_card` (`health.card`), and every table row and plot panel whose judge is at chance on its probe is
+    marked; without a card, `judge_card_missing` says why in its place. `thresholds` (filter expert -> the score at
+    or above which a candidate fails) are drawn on the score distributions.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -385,21 +391,24 @@ def write_report(
         for section, names in groups
         if any(is_measured(metrics[name].get(column)) for name in names for column in columns)
     ]
+    experts = {expert for scores in [*score_distributions.values(), *pass_rates.values()] for expert in scores}
+    blind = {name for name in [*metrics, *experts] if at_chance(judge_card, name)}
     plots = {}
     for section, names in shown:
-        plot = SECTION_PLOTS.get(section.slug, plot_metrics)
+        build = SECTION_FIGURES.get(section.slug, metrics_figure)
         name = f"metrics-{section.slug}.png"
-        plots[name] = plot(report_dir / name, columns, {n: metrics[n] for n in names}, section.title)
-    plots["score_distributions.png"] = plot_score_distributions(
-        report_dir / "score_distributions.png", columns, score_distributions
-    )
-    plots["pass_rates.png"] = plot_pass_rates(report_dir / "pass_rates.png", columns, pass_rates)
+        figure = build(columns, {n: metrics[n] for n in names}, section.title, blind)
+        plots[name] = save(figure, report_dir / name)
+    figure = score_distributions_figure(columns, score_distributions, thresholds, blind)
+    plots["score_distributions.png"] = save(figure, report_dir / "score_distributions.png")
+    plots["pass_rates.png"] = save(pass_rates_figure(columns, pass_rates, blind), report_dir / "pass_rates.png")
     stale = ["metrics.png"] + [f"metrics-{section.slug}.png" for section in [*SECTIONS, OTHER]]
     for name in stale + list(plots):
         if not plots.get(name):
             (report_dir / name).unlink(missing_ok=True)
 
-    lines = [f"# {title}", "", HOW_TO_READ, ""] + judge_card_lines(judge_card, judge_card_missing)
+    lines = [f"# {title}", ""] + (header or []) + judge_card_lines(judge_card, judge_card_missing)
+    lines += ["## How to read this report", "", HOW_TO_READ, ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {_one_line(note)}" for note in notes] + [""]
 
@@ -413,12 +422,16 @@ def write_report(
         lines += _persona_set_lines(persona_sets)
 
     if plots["score_distributions.png"]:
-        lines += ["## Critic scores", "", "![Critic score distributions](score_distributions.png)", ""]
+        lines += ["## Critic scores", ""]
+        if thresholds:
+            cuts = ", ".join(f"{name} {value:g}" for name, value in sorted(thresholds.items()))
+            lines += [f"Dashed lines: the filter thresholds ({cuts}); a candidate fails at or above one.", ""]
+        lines += ["![Critic score distributions](score_distributions.png)", ""]
 
     pass_columns = [column for column in columns if pass_rates.get(column)]
     lines += ["## Pass rates", ""]
     if pass_columns:
-        experts = sorted({expert for column in pass_columns for expert in pass_rates[column]})
+        experts = pass_order({expert for column in pass_columns for expert in pass_rates[column]})
         rows = [
             [expert + (AT_CHANCE_MARK if at_chance(judge_card, expert) else "")]
             + [_format_number(pass_rates[c].get(expert)) for c in pass_columns]

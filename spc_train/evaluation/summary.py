@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..health.card import at_chance, read_card
 from ..runs import RunDir, load_rows, read_stage
+from .header import run_header, shown_path
 from .metrics import dataset_statistics
 from .paper import PAPER_REFERENCES
 from .report import write_report
@@ -56,8 +57,19 @@ def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _relative(text: str, run: RunDir) -> str:
+    """A message with the run directory's paths written relative to it (`verify_stage` names whole paths)."""
+    for root in (str(run.root.resolve()), str(run.root)):  # the whole path first: the given one may be its tail
+        text = text.replace(root.rstrip("/") + "/", "")
+    return text
+
+
 def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> dict:
-    """report.md, metrics.json and plots for every finished iteration, with the seed conversations first."""
+    """report.md, metrics.json and plots for every finished iteration, with the seed conversations first.
+
+    The report names files relative to the run directory, so it reads the same wherever the run is copied to;
+    `thresholds` (the critic's filter thresholds) are drawn on the score distributions and named in notes.
+    """
     rows = iteration_rows(run)
     pair_ids = {pair["pair_id"] for pair in load_rows(run.stage_dir("pairs"))}
     seed = [record for record in load_rows(run.stage_dir("seed")) if record["pair_id"] in pair_ids]
@@ -72,7 +84,7 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
     metrics = {name: {column: _clean(values.get(name)) for column, values in per_column.items()} for name in names}
 
     distributions, pass_rates, examples = {}, {}, {"seed": seed[:2]}
-    notes = [f"Run directory: `{run.root}`; user pairs: {len(pair_ids)}."]
+    notes = [f"User pairs: {len(pair_ids)}."]
     for k in rows:
         column = f"iter-{k:02d}"
         critiques = load_rows(run.stage_dir("critiques", k))
@@ -90,10 +102,10 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
             notes.append(f"{column}: {missing} pairs had no candidate passing the filters ({thresholds}).")
         adapter = read_stage(run.stage_dir("adapter", k)) if k in run.finished("adapter") else None
         if adapter:
-            notes.append(
-                f"{column}: LoRA adapter `{run.stage_dir('adapter', k)}`, train loss {adapter['train_loss']:.3f}."
-            )
-    notes += [f"Left out: {label} ({why})." for label, why in run.left_out.items()]
+            where = shown_path(run.stage_dir("adapter", k), run.root)
+            notes.append(f"{column}: LoRA adapter `{where}`, train loss {adapter['train_loss']:.3f}.")
+    notes += [f"Left out: {label} ({_relative(why, run)})." for label, why in run.left_out.items()]
+    card = judge_card(run)
     path = write_report(
         out,
         title=f"spc_train report: {run.root.name}",
@@ -105,8 +117,10 @@ def write_run_report(run: RunDir, out: Path, thresholds: dict[str, float]) -> di
         notes=notes,
         paper=PAPER_REFERENCES,
         persona_sets=(read_stage(run.stage_dir("personas")) or {}).get("statistics"),
-        judge_card=judge_card(run),
-        judge_card_missing=NO_CARD.format(path=run.stage_dir("probes") / "card.json"),
+        judge_card=card,
+        judge_card_missing=NO_CARD.format(path="probes/card.json"),
+        header=run_header(run, columns, metrics, card),
+        thresholds=thresholds,
     )
     return {"report": str(run.root / "report" / path.name), "iterations": list(rows)}
 
