@@ -7,12 +7,13 @@ Usage:
     spc-train generate --config RECIPE --run_dir RUN --iteration 0
     spc-train select --run_dir RUN --iteration 0 --critic.faithfulness_threshold 0.3
     spc-train report --run_dir RUN
-    spc-train status RUN
+    spc-train status --run_dir RUN
     spc-train reproduce --run_dir RUN --iteration 1
-    spc-train push RUN --repo_id ORG/NAME [--public] [--include_candidates]
-    spc-train export RUN --output spc.csv [--iteration K|all] [--what selected|candidates|sft]
+    spc-train push --run_dir RUN --repo_id ORG/NAME [--public] [--include_candidates]
+    spc-train export --run_dir RUN --output spc.csv [--iteration K|all] [--what selected|candidates|sft]
     spc-train import-seed --input data.csv --output seed_ds [--format spc-csv] [--strict]
     spc-train make-tiny --output_dir tiny-models
+    spc-train recipe-help [SECTION]
 
 Stage commands read the recipe from `--config`, or from `RUN/recipe.yaml` when a run already exists; every recipe
 field can be overridden as `--section.field value`. Commands that write hold `RUN/.lock`: one writer per run. Faults
@@ -28,6 +29,8 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+
+from .configs import SECTIONS
 
 logger = logging.getLogger("spc_train")
 
@@ -49,15 +52,26 @@ STAGES = {
 }
 
 
+OVERRIDES = (
+    "Commands that read a recipe also take any recipe field as --section.field VALUE (or --field VALUE when the name "
+    "is unique); `spc-train recipe-help [SECTION]` lists the sections and fields with their defaults."
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="Show the traceback of a fault (default: one line).")
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Also the libraries' progress bars and log lines, and each stage's detail lines (default: quiet).",
+    )
     parser = argparse.ArgumentParser(prog="spc-train", description=__doc__.split("\n\n")[0], parents=[common])
     parser.add_argument("--version", action="version", version=f"spc-train {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    add = partial(commands.add_parser, parents=[common])
+    add = partial(commands.add_parser, parents=[common], epilog=OVERRIDES)
 
     loop = add("loop", help="Run (or resume) the whole Generator-Critic loop.")
     loop.add_argument("--config", required=True, help="Recipe YAML, e.g. recipes/tiny/loop.yaml.")
@@ -74,7 +88,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     status = add("status", help="Each stage of the run's recipe: done, stale (another recipe or inputs) or missing.")
-    status.add_argument("run_dir", help="Run directory.")
+    status.add_argument("--run_dir", "--run-dir", required=True, help="Run directory.")
     status.add_argument("--config", help="Recipe YAML to compare with (default: RUN/recipe.yaml).")
 
     for name, iterated in STAGES.items():
@@ -88,7 +102,7 @@ def make_parser() -> argparse.ArgumentParser:
             stage.add_argument("--iteration", type=int, required=True)
 
     push = add("push", help="Upload a run's selected data and adapters to the Hugging Face Hub.")
-    push.add_argument("run_dir", help="Run directory.")
+    push.add_argument("--run_dir", "--run-dir", required=True, help="Run directory.")
     push.add_argument("--repo_id", required=True, help="ORG/NAME: the dataset repo and the adapter (model) repo.")
     visibility = push.add_mutually_exclusive_group()
     visibility.add_argument("--private", dest="private", action="store_true", default=True, help="Private (default).")
@@ -96,7 +110,7 @@ def make_parser() -> argparse.ArgumentParser:
     push.add_argument("--include_candidates", action="store_true", help="Also upload every candidate with its scores.")
 
     export = add("export", help="Write a run's selected conversations (or candidates, SFT rows) out.")
-    export.add_argument("run_dir", help="Run directory.")
+    export.add_argument("--run_dir", "--run-dir", required=True, help="Run directory.")
     export.add_argument(
         "--output", required=True, help="SPC CSV (.csv), JSON Lines (.jsonl[.gz]), parquet (.parquet) or a folder."
     )
@@ -126,22 +140,15 @@ def make_parser() -> argparse.ArgumentParser:
     seed.add_argument("--strict", action="store_true", help="Fail on any malformed row.")
     seed.add_argument("--normalize_names", action="store_true", help="Unify name placeholders like [user 1's name].")
 
+    fields = add("recipe-help", help="List the recipe's sections and fields with their defaults and help texts.")
+    fields.add_argument("section", nargs="?", choices=list(SECTIONS), help="One section (default: all but training).")
+
     tiny = add("make-tiny", help="Build the tiny offline generator, NLI and toxicity models.")
     tiny.add_argument("--output_dir", required=True)
     tiny.add_argument("--seed_path", help="Seed conversations (default: the SPC sample shipped in the package).")
     tiny.add_argument("--warm_start_steps", type=int, default=150)
     tiny.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logger.setLevel(logging.INFO)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes warns at import, on every CPU machine, that an optional kernels package is missing: not actionable.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _recipe(args, overrides: list[str]):
@@ -288,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = make_parser().parse_known_args(argv)
     if args.command == "reproduce":  # before any Hugging Face library reads the setting
         os.environ["HF_HUB_OFFLINE"] = "1"
-    _setup_logging()
+    from .console import configure
+
+    configure(verbose=args.verbose)
     from .configs import RecipeError
     from .data import SeedDataError
     from .hub import HubOfflineError, PushError
@@ -337,6 +346,11 @@ def run_command(args, overrides: list[str]) -> int:
         return import_seed(args)
     if args.command == "make-tiny":
         return make_tiny(args)
+    if args.command == "recipe-help":
+        from .recipe_help import recipe_help
+
+        print(recipe_help(args.section))
+        return 0
     if args.command == "reproduce":
         return reproduce(args)
     if args.command == "export":

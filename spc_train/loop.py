@@ -210,7 +210,8 @@ class Loop:
         state.wait_for_everyone()
         if state.is_main_process:
             record = self.run.commit(folder, fp, write, stage=stage.name, started=started)
-            logger.info("done %-22s in %.1fs", label, record["seconds"])
+            said = f": {stage.describe(record)}" if stage.describe else ""
+            logger.info("done %-22s in %.1fs%s", label, record["seconds"], said)
         state.wait_for_everyone()
         return fp
 

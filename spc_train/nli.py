@@ -148,7 +148,7 @@ def load_nli(spec: ModelSpec, batch_size: int | None = None) -> ClassifierNli | 
     config, tokenizer = check_nli(spec)
     kwargs = {"batch_size": batch_size} if batch_size else {}
     if getattr(config, "is_encoder_decoder", False):
-        logger.info("NLI: seq2seq TRUE-style backend from %s.", spec.name_or_path)
+        logger.debug("NLI: seq2seq TRUE-style backend from %s.", spec.name_or_path)
         return Seq2SeqNli(load_seq2seq_lm(spec), tokenizer, **kwargs)
-    logger.info("NLI: sequence-classifier backend from %s.", spec.name_or_path)
+    logger.debug("NLI: sequence-classifier backend from %s.", spec.name_or_path)
     return ClassifierNli(load_classifier(spec, role="nli"), tokenizer, **kwargs)

@@ -73,6 +73,9 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
             raise HubOfflineError(
                 f"hub.repo_id is {recipe.hub.repo_id!r} but HF_HUB_OFFLINE=1: unset hub.repo_id, or go online."
             )
+    from .trackers import check_trackers
+
+    trackers = check_trackers(recipe.loop.report_to)
     judge = recipe.judge.name_or_path or f"{recipe.model.name_or_path} (the generator)"
     options = sorted({o for asked in critic_options.values() for o in asked} | {*evaluation_options})
     return [
@@ -83,7 +86,7 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
         f"experts: {', '.join(recipe.critic.experts)}",
         f"evaluation: {', '.join(recipe.evaluation.measurements)}",
         f"{seed}; users: {recipe.personas.source}",
-        f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}",
+        f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}; {trackers}",
     ]
 
 

@@ -78,6 +78,8 @@ class Stage:
     outside: Callable[[Recipe], list[Any]] = lambda selected: []  # identities of data from outside the run
     # After the stage is done (now or earlier), may stop the loop: `gate(recipe, folder)` raises to say why.
     gate: Callable[[Recipe, Path], None] | None = None
+    # What the stage made, in a few words from its `stage.json` summary: the end of its line in the log.
+    describe: Callable[[dict], str] | None = None
 
     def role_names(self, selected: Recipe) -> tuple[str, ...]:
         return self.roles(selected) if callable(self.roles) else self.roles

@@ -66,20 +66,20 @@ def test_export_writes_the_selection_of_the_last_or_every_iteration(tmp_path, ca
         _finished(run / f"iter-{k:02d}" / "train", [{"prompt": f"p{k}", "completion": "c"}])
     (run / "iter-02" / "selected").mkdir(parents=True)  # started, not finished: not exported
 
-    assert main(["export", str(run), "--output", str(tmp_path / "spc.csv")]) == 0
+    assert main(["export", "--run_dir", str(run), "--output", str(tmp_path / "spc.csv")]) == 0
     assert "wrote 3 selected rows of iter-01" in capsys.readouterr().out
     records = read_seed(str(tmp_path / "spc.csv")).records
     assert [(r["user1_persona"], [t["text"] for t in r["turns"]]) for r in records] == [
         ([f"I have {i} cats."], ["hi 1", "hello"]) for i in range(3)
     ]
 
-    assert main(["export", str(run), "--output", str(tmp_path / "all.jsonl"), "--iteration", "all"]) == 0
+    assert main(["export", "--run_dir", str(run), "--output", str(tmp_path / "all.jsonl"), "--iteration", "all"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["pair_id"]) for r in rows] == [(k, f"pair-{i}") for k in (0, 1) for i in range(3)]
     assert rows[2]["scores"] == {"faithfulness": 0.2}  # JSON Lines keep the stage columns
 
     sft = tmp_path / "sft.jsonl"
-    assert main(["export", str(run), "--output", str(sft), "--what", "sft", "--iteration", "0"]) == 0
+    assert main(["export", "--run_dir", str(run), "--output", str(sft), "--what", "sft", "--iteration", "0"]) == 0
     assert [json.loads(line) for line in sft.read_text().splitlines()] == [{"prompt": "p0", "completion": "c"}]
     capsys.readouterr()
 
@@ -87,12 +87,12 @@ def test_export_writes_the_selection_of_the_last_or_every_iteration(tmp_path, ca
 def test_export_errors_name_what_exists(tmp_path, capsys):
     run = tmp_path / "run"
     _finished(run / "iter-00" / "selected", [_conversation(0, 0)])
-    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--iteration", "2"]) == 2
+    assert main(["export", "--run_dir", str(run), "--output", str(tmp_path / "x.csv"), "--iteration", "2"]) == 2
     assert "iterations [0]" in capsys.readouterr().err
-    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
+    assert main(["export", "--run_dir", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
     assert "no finished `train` stage" in capsys.readouterr().err
     _finished(run / "iter-00" / "train", [{"prompt": "p", "completion": "c"}])
-    assert main(["export", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
+    assert main(["export", "--run_dir", str(run), "--output", str(tmp_path / "x.csv"), "--what", "sft"]) == 2
     assert "export .jsonl or a folder" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 

@@ -46,7 +46,7 @@ def test_a_second_writer_is_refused_and_the_first_finishes_intact(demo_run, tmp_
     assert f"PID {first.pid}" in one_line_error(capsys)
     assert first.wait(timeout=600) == 0, first.stderr.read()
     assert load(copy / "iter-00" / "candidates") == load(run / "iter-00" / "candidates")
-    assert main(["status", str(copy)]) == 0  # readers need no lock, and the lock is free again
+    assert main(["status", "--run_dir", str(copy)]) == 0  # readers need no lock, and the lock is free again
     assert main(second) == 0
 
 
@@ -90,7 +90,7 @@ def test_stale_results_are_shown_left_out_and_refused(demo_run, tmp_path, capsys
     select = ["select", "--run_dir", str(copy), "--iteration", "0", "--critic.faithfulness_threshold", "0.995"]
     assert main(select) == 0
     capsys.readouterr()
-    assert main(["status", str(copy)]) == 0
+    assert main(["status", "--run_dir", str(copy)]) == 0
     states = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
     assert states["iter-00/critiques"] == states["iter-00/selected"] == "done"
     assert states["iter-00/adapter"] == states["iter-00/eval"] == states["iter-01/candidates"] == "stale"
@@ -100,7 +100,7 @@ def test_stale_results_are_shown_left_out_and_refused(demo_run, tmp_path, capsys
     error = one_line_error(capsys)
     assert "iter-00/adapter is stale" in error and "spc-train train --iteration 0" in error
 
-    assert main(["export", str(copy), "--output", str(tmp_path / "x.jsonl"), "--iteration", "all"]) == 0
+    assert main(["export", "--run_dir", str(copy), "--output", str(tmp_path / "x.jsonl"), "--iteration", "all"]) == 0
     out = capsys.readouterr().out
     assert "rows of iter-00 to" in out and "left out iter-01/selected: stale" in out
     assert main(["report", "--run_dir", str(copy)]) == 0
@@ -233,17 +233,17 @@ def test_a_read_only_run_directory_still_reports_exports_and_shows_status(demo_r
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     assert main(["report", "--run_dir", str(copy)]) == 0
     assert "| iter-00" in capsys.readouterr().out  # printed, not saved
-    assert main(["export", str(copy), "--output", str(tmp_path / "x.csv")]) == 0
-    assert main(["status", str(copy)]) == 0
+    assert main(["export", "--run_dir", str(copy), "--output", str(tmp_path / "x.csv")]) == 0
+    assert main(["status", "--run_dir", str(copy)]) == 0
     assert main(["select", "--run_dir", str(copy), "--iteration", "0", "--critic.faithfulness_threshold", "0.5"]) == 1
     assert "cannot write" in one_line_error(capsys)
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
-    assert main(["status", str(tmp_path / "no-run")]) == 2
+    assert main(["status", "--run_dir", str(tmp_path / "no-run")]) == 2
     one_line_error(capsys)
     with pytest.raises(StageInputError):
-        main(["status", str(tmp_path / "no-run"), "--debug"])
+        main(["status", "--run_dir", str(tmp_path / "no-run"), "--debug"])
 
 
 @pytest.mark.parametrize(

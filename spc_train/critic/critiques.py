@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from ..console import progress
 from ..health.option_mass import merge, warn_if_low
 from ..runs import pending_shards, shard_path, write_shard
 from .registry import critique
@@ -52,7 +51,7 @@ def critique_shards(
     todo = pending_shards(shards_dir, len(shards), process_index, num_processes)
     built: list = []
     scored: list[dict] = []
-    for index in tqdm(todo, desc="critique shards", unit="shard", disable=len(todo) < 2):
+    for index in progress(todo, desc="critique shards", unit="shard", disable=len(todo) < 2):
         if not built:
             built = experts()
         rows = critique(shards[index], built)
@@ -60,8 +59,7 @@ def critique_shards(
         scored += [{"option_mass": row.get("option_mass", {})} for row in rows]
     mass = option_mass_stats(scored)
     if min_option_mass is not None:
-        for name, figures in mass.items():
-            warn_if_low(f"critic expert '{name}'", figures, min_option_mass)
+        warn_if_low({f"critic expert '{name}'": figures for name, figures in mass.items()}, min_option_mass)
     return {"num_shards": len(shards), "shards_scored": len(todo), "option_mass": mass}
 
 

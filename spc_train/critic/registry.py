@@ -13,9 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
 from ..configs import RecipeError
+from ..console import progress
 from ..health.option_mass import recording, summary, warn_if_low
 from ..judge import Judge, JudgeError, option_token_ids
 from . import faithfulness, fed, toxicity
@@ -242,8 +241,8 @@ def critique(candidates: list[dict], experts: list, min_option_mass: float | Non
     for row, candidate in zip(rows, candidates):
         if not candidate.get("parsed", True):
             row["reasons"]["parse"] = f"unparsed: {candidate.get('reject_reason') or 'no conversation'}"
-    for expert in tqdm(experts, desc="critique", unit="expert"):
-        logger.info("Expert %s scores %d of %d candidates (parsed).", expert.name, len(shown), len(rows))
+    for expert in progress(experts, desc="critique", unit="expert", leave=False):
+        logger.debug("Expert %s scores %d of %d candidates (parsed).", expert.name, len(shown), len(rows))
         with recording(getattr(expert, "judge", None)) as log:
             values = expert.score(shown) if shown else []
         for row in rows:
@@ -256,7 +255,7 @@ def critique(candidates: list[dict], experts: list, min_option_mass: float | Non
             for index, figures in zip(asked, _row_option_mass(log, len(shown))):
                 rows[index]["option_mass"][expert.name] = figures
             if min_option_mass is not None:
-                warn_if_low(f"critic expert '{expert.name}'", log.summary(), min_option_mass)
+                warn_if_low({f"critic expert '{expert.name}'": log.summary()}, min_option_mass)
         if expert.kind == "policy":
             matrices = expert.pairwise if shown else []
             for row, matrix in zip(rows, _full_matrices(candidates, asked, matrices)):

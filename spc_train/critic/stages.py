@@ -67,6 +67,10 @@ def critique(ctx: StageContext):
     return write
 
 
+# Under this share of pairs with a selected conversation, the selection is worth a warning.
+TINY_SELECTION = 0.25
+
+
 def empty_selection_cause(stats: dict) -> str:
     """Which filter rejected how many candidates, from a selection's statistics."""
     total = stats["candidates"]
@@ -98,8 +102,16 @@ def choose(ctx: StageContext):
         save_rows(selected, out)
         if not selected:
             logger.warning("Iteration %d selected no conversation: %s.", k, empty_selection_cause(stats))
-        elif stats["pairs_without_survivor"]:
-            logger.info("%d pairs have no candidate that passes the filters.", len(stats["pairs_without_survivor"]))
+        elif len(selected) < TINY_SELECTION * stats["pairs"]:
+            logger.warning(
+                "Iteration %d selected a conversation for only %d of %d pairs (%s), so the generator trains on "
+                "%d rows: sample more candidates (generation.num_candidates), or lower the critic thresholds.",
+                k,
+                len(selected),
+                stats["pairs"],
+                empty_selection_cause(stats),
+                len(selected),
+            )
         return {"rows": len(selected), **stats}
 
     return write
@@ -118,6 +130,14 @@ def stop_if_nothing_selected(recipe, folder: Path) -> None:
         )
 
 
+def _said_critique(summary: dict) -> str:
+    return f"{summary['rows']} candidates scored by {len(summary['experts'])} experts"
+
+
+def _said_select(summary: dict) -> str:
+    return f"a conversation for {summary['rows']} of {summary['pairs']} pairs"
+
+
 CRITIQUE = Stage(
     name="critiques",
     command="critique",
@@ -129,6 +149,7 @@ CRITIQUE = Stage(
     inputs=lambda selected, k: [Input("candidates", k)],
     roles=critique_roles,
     per_iteration=True,
+    describe=_said_critique,
 )
 SELECT = Stage(
     name="selected",
@@ -148,4 +169,5 @@ SELECT = Stage(
     inputs=lambda selected, k: [Input("critiques", k)],
     per_iteration=True,
     gate=stop_if_nothing_selected,
+    describe=_said_select,
 )

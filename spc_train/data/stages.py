@@ -44,7 +44,7 @@ def read(ctx: StageContext):
             limit=seed.max_conversations,
             normalize_names=seed.normalize_names,
         )
-        logger.info("Seed %s: %s", seed.path, result.summary())
+        logger.debug("Seed %s: %s", seed.path, result.summary())
         save_rows(result.records, out)
         return {
             "rows_read": result.rows_read,
@@ -56,4 +56,15 @@ def read(ctx: StageContext):
     return write
 
 
-SEED = Stage(name="seed", command="seed", reads=("seed",), work=read, outside=source_identity)
+def _said(summary: dict) -> str:
+    return f"{summary['rows']} conversations of {summary['rows_read']} rows ({len(summary['malformed'])} malformed)"
+
+
+SEED = Stage(
+    name="seed",
+    command="seed",
+    reads=("seed",),
+    work=read,
+    outside=source_identity,
+    describe=_said,
+)

@@ -105,10 +105,11 @@ def evaluate_dataset(
     asked = set(config.measurements)
     judged = records[: config.judged_conversations]
     metrics: dict[str, Any] = {}
+    masses: dict[str, dict | None] = {}
     if "statistics" in asked:
         metrics.update(dataset_statistics(records))
     if "embedding" in asked and evaluators.embed:
-        logger.info("Embedding diversity and persona coverage of %d conversations.", len(records))
+        logger.debug("Embedding diversity and persona coverage of %d conversations.", len(records))
         metrics.update(embedding_statistics(records, evaluators.embed(), seed=seed))
     if "toxicity" in asked and (toxicity_scores is not None or evaluators.toxicity):
         scores = toxicity_scores if toxicity_scores is not None else evaluators.toxicity(records)
@@ -117,37 +118,37 @@ def evaluate_dataset(
         metrics.update(next_utterance_metrics(records, reference or records, config.ir_candidates, seed))
     if "detection" in asked and reference is not None and evaluators.judge:
         pairs, skipped = detection_pairs(reference, judged)
-        logger.info("Detection test on %d user pairs (skipped: %s).", len(pairs), skipped)
-        with _mass(metrics, "detection", evaluators.judge(), min_option_mass) as judge:
+        logger.debug("Detection test on %d user pairs (skipped: %s).", len(pairs), skipped)
+        with _mass(metrics, masses, "detection", evaluators.judge()) as judge:
             metrics.update(detection_test(judge, pairs))
     if "extraction" in asked and evaluators.judge:
-        logger.info("Profile extraction on %d conversations.", len(judged))
+        logger.debug("Profile extraction on %d conversations.", len(judged))
         negate = evaluators.negate() if evaluators.negate else None
         contradicting = evaluators.contradicting() if evaluators.contradicting else None
-        with _mass(metrics, "extraction", evaluators.judge(), min_option_mass) as judge:
+        with _mass(metrics, masses, "extraction", evaluators.judge()) as judge:
             metrics.update(
                 profile_extraction.profile_extraction(
                     judge, judged, seed, negate, contradicting, threshold=config.extraction_threshold
                 )
             )
     if "llm_judge" in asked and evaluators.judge:
-        logger.info("LLM-judge scores of %d conversations.", len(judged))
-        with _mass(metrics, "llm_judge", evaluators.judge(), min_option_mass) as judge:
+        logger.debug("LLM-judge scores of %d conversations.", len(judged))
+        with _mass(metrics, masses, "llm_judge", evaluators.judge()) as judge:
             metrics.update(llm_judge_scores(judge, judged, tuple(config.llm_judge_families)))
+    warn_if_low({f"measurement '{name}'": figures for name, figures in masses.items()}, min_option_mass)
     return metrics
 
 
 @contextmanager
-def _mass(metrics: dict, measurement: str, judge: Judge, minimum: float) -> Iterator[Judge]:
+def _mass(metrics: dict, masses: dict, measurement: str, judge: Judge) -> Iterator[Judge]:
     """Record the judge's option mass over one measurement into `option_mass_<measurement>_mean` / `_min` (NaN when
-    it asked nothing), and warn when the mean is under `minimum`."""
+    it asked nothing), and its figures into `masses` (warned about together, once)."""
     with recording(judge) as log:
         yield judge
-    figures = log.summary()
+    figures = masses[measurement] = log.summary()
     nan = float("nan")
     metrics[f"option_mass_{measurement}_mean"] = figures["mean"] if figures else nan
     metrics[f"option_mass_{measurement}_min"] = figures["min"] if figures else nan
-    warn_if_low(f"measurement '{measurement}'", figures, minimum)
 
 
 def nli_contradicting(nli, threshold: float = 0.5) -> Contradicting:

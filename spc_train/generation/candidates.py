@@ -14,9 +14,8 @@ import random
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..configs import TRUNCATED_CANDIDATES
+from ..console import progress
 from ..data.conversation import parse_conversation
 from ..data.prompts import generator_prompt, render
 from ..runs import pending_shards, shard_path, write_shard
@@ -107,7 +106,9 @@ def generate_shards(
     stats = {"shards_generated": len(todo), "examples_dropped": 0, "new_tokens": 0, "candidates_generated": 0}
     total_pairs = sum(len(pairs[i * args.shard_size : (i + 1) * args.shard_size]) for i in todo)
     start = time.perf_counter()
-    with tqdm(total=total_pairs, desc=f"iter-{iteration:02d} generate", unit="pair", disable=total_pairs == 0) as bar:
+    with progress(
+        total=total_pairs, desc=f"iter-{iteration:02d} generate", unit="pair", disable=total_pairs == 0
+    ) as bar:
         for shard in todo:
             shard_pairs = pairs[shard * args.shard_size : (shard + 1) * args.shard_size]
             prompts, shots = [], []

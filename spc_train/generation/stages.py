@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from pathlib import Path
 
 from ..runs import read_shards, save_rows
 from ..stage import Input, Stage, StageContext
+
+logger = logging.getLogger(__name__)
+
+# Under this share of parsed candidates, the generator mostly does not write the format: worth a warning.
+LOW_PARSE_RATE = 0.5
 
 
 def _mean(values) -> float:
@@ -55,18 +61,36 @@ def generate(ctx: StageContext):
         save_rows(rows, out)
         save_generation_config(model, tokenizer, args, out)
         shutil.rmtree(shards_dir)
+        parse_rate = _mean(float(r["parsed"]) for r in rows)
+        if parse_rate < LOW_PARSE_RATE:
+            logger.warning(
+                "Iteration %d: only %.0f%% of %d candidates parsed as conversations of both users (see "
+                "`reject_reason` in %s): a stronger or instruction-tuned generator, more few-shot examples "
+                "(generation.few_shot_examples) or a larger generation.max_new_tokens may help.",
+                k,
+                100 * parse_rate,
+                len(rows),
+                ctx.folder.relative_to(ctx.run.root),
+            )
         return {
             "rows": len(rows),
             "adapter": adapter,
             "few_shot_examples": shots,
             "processes": state.num_processes,
-            "parse_rate": _mean(float(r["parsed"]) for r in rows),
+            "parse_rate": parse_rate,
             "stopped_rate": _mean(float(r["finish_reason"] == "stop") for r in rows),
             **stats,
             "pairs": len(pairs),
         }
 
     return write
+
+
+def _said(summary: dict) -> str:
+    return (
+        f"{summary['rows']} candidates for {summary['pairs']} pairs, {summary['parse_rate']:.0%} parsed, "
+        f"{summary['stopped_rate']:.0%} stopped by the model"
+    )
 
 
 GENERATE = Stage(
@@ -77,4 +101,5 @@ GENERATE = Stage(
     inputs=_inputs,
     roles=("generator",),
     per_iteration=True,
+    describe=_said,
 )

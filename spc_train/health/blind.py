@@ -15,18 +15,19 @@ class BlindJudgeError(RecipeError):
     """A judge scored at chance on its probe and the recipe says `loop.on_blind_judge: stop`."""
 
 
+def _figures(entry: dict) -> str:
+    return ", ".join(f"{k} {_number(v)}" for k, v in entry["figures"].items())
+
+
 def enforce(card: dict, on_blind: str = "warn") -> list[str]:
     """Warn about (or, with `stop`, raise `BlindJudgeError` for) the card's entries at chance; returns their names."""
-    names = []
-    for entry in blind(card):
-        names.append(entry["name"])
+    entries = blind(card)
+    names = [entry["name"] for entry in entries]
+    if entries:
         logger.warning(
-            "The judge of %s %s is at chance on its probe (%s: %s): its numbers do not measure what they say. "
-            "Use a stronger judge model, or read them as noise.",
-            entry["kind"],
-            entry["name"],
-            entry["probe"],
-            ", ".join(f"{k} {_number(v)}" for k, v in entry["figures"].items()),
+            "Judges at chance on their probes, so their numbers do not measure what they say: %s. Use a stronger "
+            "judge model, or read them as noise (the judge card: RUN/probes/card.md; the report marks them).",
+            "; ".join(f"{entry['kind']} {entry['name']} ({_figures(entry)})" for entry in entries),
         )
     if names and on_blind == "stop":
         raise BlindJudgeError(

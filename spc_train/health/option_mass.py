@@ -72,24 +72,25 @@ def recording(judge) -> Iterator[MassLog]:
         del judge.option_probabilities  # the class's method again
 
 
-def warn_if_low(name: str, figures: dict | None, minimum: float) -> bool:
-    """Log a WARNING when the mean option mass of `name` is under `minimum`; True when it did."""
-    if not figures or not math.isfinite(figures["mean"]) or figures["mean"] >= minimum:
-        return False
-    tokens = ", ".join(repr(t) for t in figures.get("top_tokens") or []) or "unknown"
-    logger.warning(
-        "Judge of %s puts only %.1f%% of its next-token probability on the answer options (mean over %d questions, "
-        "min %.1f%%; critic.min_option_mass %.0f%%); its most common next tokens: %s. Its scores are renormalised "
-        "guesses: use a larger or instruction-tuned judge (judge.name_or_path), check that its chat template ends "
-        "where the answer begins, or read these numbers as uninformative (see the judge card).",
-        name,
-        100 * figures["mean"],
-        figures.get("questions", 0),
-        100 * figures["min"],
-        100 * minimum,
-        tokens,
-    )
-    return True
+def warn_if_low(figures: dict[str, dict | None], minimum: float) -> list[str]:
+    """One WARNING naming every judge (`figures`: label -> option-mass figures) whose mean option mass is under
+    `minimum`, with its figure and top tokens; returns the labels named."""
+    low = {name: f for name, f in figures.items() if f and math.isfinite(f["mean"]) and f["mean"] < minimum}
+    if low:
+        named = "; ".join(
+            f"{name} {100 * f['mean']:.1f}% (min {100 * f['min']:.1f}% over {f.get('questions', 0)} questions, "
+            f"top tokens {', '.join(repr(t) for t in f.get('top_tokens') or []) or 'unknown'})"
+            for name, f in low.items()
+        )
+        logger.warning(
+            "Judges put little of their next-token probability on the answer options (critic.min_option_mass "
+            "%.0f%%): %s. Their scores are renormalised guesses: use a larger or instruction-tuned judge "
+            "(judge.name_or_path), check that its chat template ends where the answer begins, or read these numbers "
+            "as uninformative (see the judge card).",
+            100 * minimum,
+            named,
+        )
+    return list(low)
 
 
 def merge(rows_figures: Iterable[dict | None]) -> dict | None:

@@ -42,6 +42,11 @@ def refuse_blind(recipe, folder: Path) -> None:
         enforce(read_card(folder), recipe.loop.on_blind_judge)
 
 
+def _said(summary: dict) -> str:
+    verdicts = list(summary["verdicts"].values())
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in ("informative", "weak", "at chance")) + " (probes/card.md)"
+
+
 PROBES = Stage(
     name="probes",
     command="probe-judges",
@@ -61,6 +66,7 @@ PROBES = Stage(
     inputs=lambda selected, k: [Input("seed")],
     roles=_roles,
     gate=refuse_blind,
+    describe=_said,
 )
 
 

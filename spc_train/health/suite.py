@@ -64,7 +64,7 @@ def run_probes(
         experts = experts + [EXPERTS["toxicity"]("toxicity", critic, judge, classifier)]  # evaluation's backend
     entries = []
     for expert in experts:
-        logger.info("Probing critic expert %s.", expert.name)
+        logger.debug("Probing critic expert %s.", expert.name)
         if expert.name in ("faithfulness", "faithfulness_nli"):
             entries.append(probes.faithfulness_probe(expert, conversations, seed, thresholds))
         elif expert.name == "toxicity":
@@ -76,7 +76,7 @@ def run_probes(
         else:
             logger.warning("No probe for critic expert %s: the card leaves it out.", expert.name)
     for measurement in (m for m in JUDGED_MEASUREMENTS if m in measurements):
-        logger.info("Probing the %s judge.", measurement)
+        logger.debug("Probing the %s judge.", measurement)
         if measurement == "detection":
             entries.append(probes.detection_probe(judge(), conversations, seed, thresholds))
         elif measurement == "extraction":
@@ -84,11 +84,15 @@ def run_probes(
         else:
             for family in recipe.evaluation.llm_judge_families:
                 entries.append(probes.llm_judge_probe(judge(), conversations, seed, family, thresholds))
+    low = warn_if_low(
+        {f"{entry['kind']} '{entry['name']}' (probe)": entry["option_mass"] for entry in entries},
+        critic.min_option_mass,
+    )
     for entry in entries:
-        if warn_if_low(f"{entry['kind']} '{entry['name']}' (probe)", entry["option_mass"], critic.min_option_mass):
+        if f"{entry['kind']} '{entry['name']}' (probe)" in low:
             # The figure ranks renormalised answers the judge mostly did not give: say so beside the verdict.
-            low = f"option mass {entry['option_mass']['mean']:.0%}: answers are mostly off-option"
-            entry["note"] = f"{entry['note']}; {low}" if entry["note"] else low
+            note = f"option mass {entry['option_mass']['mean']:.0%}: answers are mostly off-option"
+            entry["note"] = f"{entry['note']}; {note}" if entry["note"] else note
     return {
         "version": CARD_VERSION,
         "judge": identity,

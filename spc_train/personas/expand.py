@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..configs import PersonaExpansionConfig
+from ..console import progress
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def clean_attribute(text: str, min_words: int = 3, max_words: int = 30) -> tuple
 def complete_in_batches(complete: Complete, prompts: list[str], batch_size: int, desc: str) -> list[str]:
     """`complete` over `prompts` in batches, checking it answers each prompt exactly once."""
     outputs: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=len(prompts) <= batch_size):
+    for start in progress(
+        range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=len(prompts) <= batch_size
+    ):
         batch = prompts[start : start + batch_size]
         answers = list(complete(batch))
         if len(answers) != len(batch):
@@ -226,7 +228,7 @@ def induce_queries(
     _add_queries(
         queries, complete_in_batches(complete, prompts, batch_size, "query induction"), clusters, "induced", rejections
     )
-    logger.info(
+    logger.debug(
         "Query induction: %d queries from %d clusters (%s rejected).",
         len(queries),
         len(clusters),
@@ -250,7 +252,7 @@ def bootstrap_queries(
     rejections: Counter = Counter()
     if not found:
         return found, rejections
-    for start in tqdm(
+    for start in progress(
         range(0, steps, batch_size), desc="query bootstrapping", unit="batch", disable=steps <= batch_size
     ):
         texts = [q["query"] for q in found]
@@ -260,7 +262,7 @@ def bootstrap_queries(
         ]
         answers = complete_in_batches(complete, prompts, batch_size, "query bootstrapping")
         _add_queries(found, answers, [None] * len(answers), "bootstrapped", rejections)
-    logger.info(
+    logger.debug(
         "Query bootstrapping: %d -> %d queries in %d steps (%s rejected).",
         len(queries),
         len(found),
@@ -342,7 +344,7 @@ def bootstrap_personas(
     index = AttributeIndex(seed, seed_embeddings, config.dedup_threshold)
     pool, new, rejections = list(seed), [], Counter()
     target = config.target_new_attributes
-    with tqdm(total=target, desc="persona bootstrapping", unit="attribute", disable=not queries) as bar:
+    with progress(total=target, desc="persona bootstrapping", unit="attribute", disable=not queries) as bar:
         for batch, prompts in _persona_prompts(queries, pool, rng, config) if queries and target else ():
             candidates = _well_formed(
                 complete_in_batches(complete, prompts, len(prompts), "personas"), batch, index, config, rejections
@@ -360,7 +362,7 @@ def bootstrap_personas(
                     break
             if len(new) >= target:
                 break
-    logger.info("Persona bootstrapping: %d new attributes (%s rejected).", len(new), dict(rejections) or "none")
+    logger.debug("Persona bootstrapping: %d new attributes (%s rejected).", len(new), dict(rejections) or "none")
     return new, rejections
 
 
@@ -384,7 +386,7 @@ def expand_personas(
     rng = random.Random(seed)
     vectors = normalise(embed(seeds) if seed_embeddings is None else seed_embeddings)
     labels = cluster_attributes(vectors, config.distance_threshold)
-    logger.info(
+    logger.debug(
         "Clustered %d seed attributes into %d clusters (distance threshold %.2f).",
         len(seeds),
         int(labels.max()) + 1,
@@ -425,7 +427,7 @@ def expand_personas(
         "expanded": persona_set_statistics(texts, all_vectors, all_labels),
         "generated": persona_set_statistics(texts[n:], all_vectors[n:], all_labels[n:]),
     }
-    logger.info(
+    logger.debug(
         "Persona expansion: %d seed + %d new attributes, %d clusters.", n, len(new), statistics["expanded"]["clusters"]
     )
     return ExpansionResult(

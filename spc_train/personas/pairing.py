@@ -96,7 +96,7 @@ def pair_users(
             continue
         partners.update((i, j))
         chosen.append(candidates[k])
-    logger.info(
+    logger.debug(
         "Paired %d users into %d pairs (%d pairs qualify with > %d shared clusters).",
         len(partners),
         len(chosen),

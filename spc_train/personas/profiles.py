@@ -15,8 +15,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..console import progress
 from ..nli import NliBackend
 from .expand import Complete, complete_in_batches, normalise
 
@@ -123,7 +123,7 @@ def _unique_pool(attributes: list[str], embeddings: np.ndarray) -> tuple[list[st
     for index, attribute in enumerate(attributes):
         first.setdefault(attribute, index)
     if len(first) < len(attributes):
-        logger.info("Profiles: %d duplicate attributes ignored.", len(attributes) - len(first))
+        logger.debug("Profiles: %d duplicate attributes ignored.", len(attributes) - len(first))
     return list(first), normalise(np.asarray(embeddings)[list(first.values())])
 
 
@@ -215,7 +215,7 @@ def build_profiles(
     _check_request(len(pool), count, size)
     negation = NegationCache(negate, negation_batch_size)
     if count * size >= len(pool):  # most attributes will be needed: negate them all in full batches up front
-        logger.info("Negating all %d attributes up front.", len(pool))
+        logger.debug("Negating all %d attributes up front.", len(pool))
         negation.prefetch(pool)
     filler = _ProfileFiller(
         pool,
@@ -230,7 +230,7 @@ def build_profiles(
     )
     profiles: list[list[str]] = []
     seen: set[frozenset] = set()
-    with tqdm(total=count, desc="profiles", unit="profile", disable=count < 50) as bar:
+    with progress(total=count, desc="profiles", unit="profile", disable=count < 50) as bar:
         while len(profiles) < count:
             members = filler.fill(len(profiles), size)
             if isinstance(members, str):
@@ -251,7 +251,7 @@ def build_profiles(
             profiles.append([pool[i] for i in members])
             bar.update()
     reasons = dict(Counter(r["reason"] for r in filler.rejections))
-    logger.info(
+    logger.debug(
         "Built %d profiles in %d candidate draws (%s).", len(profiles), filler.draws, reasons or "none rejected"
     )
     return profiles, filler.rejections

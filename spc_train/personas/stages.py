@@ -39,9 +39,14 @@ def expand(ctx: StageContext):
         save_rows(rows, out)
         (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in result.queries))
         generated = sum(row["source"] == "generated" for row in result.attributes)
-        logger.info(
-            "Personas: %d seed + %d new attributes, %d queries.", len(attributes), generated, len(result.queries)
-        )
+        if generated == 0 and expansion.target_new_attributes > 0:
+            logger.warning(
+                "Persona expansion made no new attribute (wanted %d; rejected: %s): the profiles use the seed's "
+                "attributes only. A stronger or instruction-tuned generator writes usable first-person attributes; "
+                "or set personas.target_new_attributes: 0 to skip expansion.",
+                expansion.target_new_attributes,
+                result.rejections.get("attributes") or "none",
+            )
         return {
             "rows": len(rows),
             "new_attributes": generated,
@@ -132,6 +137,19 @@ def _pair_inputs(selected, iteration) -> list[Input]:
     return [Input("seed"), *generated]
 
 
+def _said_personas(summary: dict) -> str:
+    new = summary["new_attributes"]
+    return f"{summary['rows'] - new} seed + {new} new attributes, {summary['queries']} queries"
+
+
+def _said_profiles(summary: dict) -> str:
+    return f"{summary['rows']} profiles"
+
+
+def _said_pairs(summary: dict) -> str:
+    return f"{summary['rows']} pairs ({', '.join(f'{n} {source}' for source, n in summary['by_source'].items())})"
+
+
 PERSONAS = Stage(
     name="personas",
     command="expand-personas",
@@ -139,6 +157,7 @@ PERSONAS = Stage(
     work=expand,
     inputs=lambda selected, iteration: [Input("seed")],
     roles=("completion", "embedder"),
+    describe=_said_personas,
 )
 PROFILES = Stage(
     name="profiles",
@@ -151,6 +170,7 @@ PROFILES = Stage(
     work=build,
     inputs=lambda selected, iteration: [Input("personas")],
     roles=("completion", "nli"),
+    describe=_said_profiles,
 )
 PAIRS = Stage(
     name="pairs",
@@ -159,4 +179,5 @@ PAIRS = Stage(
     + ("loop.seed",),
     work=pair,
     inputs=_pair_inputs,
+    describe=_said_pairs,
 )

@@ -87,6 +87,22 @@ def lora_config(model_args):
     )
 
 
+def quiet_trainer(trainer) -> None:
+    """The Trainer's step bar on a terminal only, and its log lines with `--verbose` only: the loss is in the
+    stage's line and `stage.json` (`console.py`)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ..console import library_bars_enabled, on_terminal
+
+    if not on_terminal():
+        trainer.remove_callback(ProgressCallback)
+    if not library_bars_enabled():
+        trainer.remove_callback(PrinterCallback)
+    elif not on_terminal():
+        trainer.remove_callback(PrinterCallback)  # at most one
+        trainer.add_callback(PrinterCallback)
+
+
 def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str | None = None) -> dict:
     """Train on `rows` (a `datasets.Dataset` of prompt/completion) and save the adapter to `output_dir`.
 
@@ -109,6 +125,7 @@ def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str
         peft_config=None if init_adapter else lora_config(model_args),
         callbacks=[_log_at_save()],
     )
+    quiet_trainer(trainer)
     last = complete_checkpoint(args.output_dir)
     if last:
         logger.info("Resuming training from %s.", last)

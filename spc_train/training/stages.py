@@ -65,6 +65,14 @@ def train(ctx: StageContext):
     return write
 
 
+def _said_rows(summary: dict) -> str:
+    return f"{summary['rows']} prompt-completion rows"
+
+
+def _said_train(summary: dict) -> str:
+    return f"LoRA adapter, {summary['steps']} steps, train loss {summary['train_loss']:.3f}"
+
+
 def write_card(adapter_dir: Path, k: int, config, stats: dict[str, Any]) -> None:
     """The adapter's model card (`hub_cards.local_model_card`) in place of PEFT's empty template: base model, data,
     training settings and losses. Written before the stage lists its files, and deterministic (no time, no run
@@ -86,6 +94,7 @@ SFT_DATA = Stage(
     work=sft_data,
     inputs=_data_inputs,
     per_iteration=True,
+    describe=_said_rows,
 )
 TRAIN = Stage(
     name="adapter",
@@ -95,4 +104,5 @@ TRAIN = Stage(
     inputs=_train_inputs,
     roles=("generator",),
     per_iteration=True,
+    describe=_said_train,
 )
