@@ -57,6 +57,8 @@ ITERATION = [
     (EVALUATE, None),
 ]
 FINISH = [(REPORT, None)]
+# The model roles whose identities `manifest.json` records (the report's header and `reproduce` read them).
+MANIFEST_ROLES = ("generator", "judge", "toxicity", "nli", "critic nli", "embedder", "critic embedder")
 STAGES: dict[str, Stage] = {stage.command: stage for stage, _ in SETUP + ITERATION + FINISH}
 
 
@@ -118,10 +120,12 @@ class Loop:
         if state.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run.root / "recipe.yaml")
-            models = {role: self._identity(role, recipe) for role in ("generator", "judge", "toxicity", "nli")}
+            models = {role: self._identity(role, recipe) for role in MANIFEST_ROLES}
+            # The recipe's own file; a stage command that read RUN/recipe.yaml keeps the one recorded.
+            own = recipe.path and Path(recipe.path).resolve() != (self.run.root / "recipe.yaml").resolve()
             self.run.update_manifest(
-                packages=package_versions(), seed=recipe.loop.seed, models=models, recipe=recipe.path,
-                processes=state.num_processes,
+                packages=package_versions(), seed=recipe.loop.seed, models=models,
+                processes=state.num_processes, **({"recipe": recipe.path} if own else {}),
             )  # fmt: skip
         state.wait_for_everyone()
 

@@ -147,6 +147,12 @@ def report(ctx: StageContext):
 
 
 READS = ("evaluation", "critic.toxicity_model", "critic.toxicity_threshold", "critic.min_option_mass", "loop.seed")
+
+
+def _said(summary: dict) -> str:
+    return f"{len(summary['metrics'])} metrics"
+
+
 EVALUATE_SEED = Stage(
     name="eval",
     command="evaluate-seed",
@@ -154,6 +160,7 @@ EVALUATE_SEED = Stage(
     work=evaluate_seed,
     inputs=lambda selected, k: [Input("seed"), Input("pairs")],
     roles=evaluation_roles,
+    describe=_said,
 )
 EVALUATE = Stage(
     name="eval",
@@ -169,11 +176,14 @@ EVALUATE = Stage(
     ],
     roles=evaluation_roles,
     per_iteration=True,
+    describe=_said,
 )
 
 
 def _report_inputs(selected, k) -> list[Input]:
-    every = [(name, j) for j in range(selected.loop.iterations) for name in ("critiques", "selected", "eval")]
+    every = [
+        (name, j) for j in range(selected.loop.iterations) for name in ("critiques", "selected", "adapter", "eval")
+    ]
     optional = [Input("probes", optional=True), *(Input(name, j, optional=True) for name, j in every)]
     return [Input("seed"), Input("pairs"), Input("eval"), *optional]
 
@@ -186,4 +196,5 @@ REPORT = Stage(
     + ("critic.toxicity_threshold",),
     work=report,
     inputs=_report_inputs,
+    describe=lambda summary: f"{len(summary['iterations'])} iterations in report/report.md",
 )
