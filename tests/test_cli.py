@@ -123,3 +123,35 @@ def test_check_reports_what_a_run_would_use_and_writes_nothing(tiny_models, tmp_
     no_seed.write_text(yaml.safe_dump({"model": {"name_or_path": generator}}))
     assert main(["check", "--config", str(no_seed)]) == 2
     assert "set `seed.path`" in capsys.readouterr().err
+
+
+def test_every_command_takes_the_run_dir_in_both_spellings(tmp_path, capsys):
+    """TRL's parser takes `--run_dir` and `--run-dir`; so does every command that reads a run, in the same form."""
+    from spc_train.cli import STAGES, make_parser
+
+    run = tmp_path / "run"
+    _finished(run / "iter-00" / "selected", [_conversation(0, i) for i in range(2)])
+    assert main(["export", "--run-dir", str(run), "--output", str(tmp_path / "x.jsonl")]) == 0
+    assert "wrote 2 selected rows" in capsys.readouterr().out
+    parser = make_parser()
+    for command in [*STAGES, "loop", "status", "push", "export", "reproduce"]:
+        args, _ = parser.parse_known_args(
+            [command, "--run-dir", "R", "--config", "c", "--repo_id", "o/n", "--output", "x", "--iteration", "0"]
+        )
+        assert args.run_dir == "R", command
+
+
+def test_version_and_recipe_help(capsys):
+    import pytest
+
+    from spc_train import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"spc-train {__version__}"
+    assert main(["recipe-help"]) == 0
+    listed = capsys.readouterr().out
+    assert "--critic.faithfulness_threshold  (default" in listed and "--loop.report_to" in listed
+    assert "training: TRL's SFTConfig" in listed and "--training.learning_rate" not in listed
+    assert main(["recipe-help", "training"]) == 0
+    assert "--training.learning_rate  (default 2e-05)" in capsys.readouterr().out
