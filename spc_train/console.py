@@ -17,6 +17,8 @@ import warnings
 HARMLESS_WARNINGS = (
     # transformers 5 deprecates a property that peft and TRL still read.
     (FutureWarning, r".*is_gradient_checkpointing.*"),
+    # peft, saving an adapter of a GGUF base (a folder with no config.json): the vocabulary is never resized here.
+    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
 )
 
 
@@ -53,6 +55,8 @@ def configure(verbose: bool = False) -> None:
     # Read by datasets, huggingface_hub and transformers (which follows huggingface_hub) when they are imported.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not on_terminal():  # the bars libraries draw with tqdm directly (transformers' GGUF dequantizing)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     quiet_libraries()
 
 

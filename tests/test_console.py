@@ -25,7 +25,7 @@ def _copy(demo_run, tmp_path) -> Path:
 
 def _train_again(copy: Path, *flags: str) -> subprocess.CompletedProcess:
     shutil.rmtree(copy / "iter-01" / "adapter")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("DISABLE_PROGRESS_BARS")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("DISABLE_PROGRESS_BARS", "TQDM_DISABLE"))}
     return subprocess.run(
         [str(SPC_TRAIN), "train", "--run_dir", str(copy), "--iteration", "1", *flags],
         capture_output=True,
