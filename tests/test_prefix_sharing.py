@@ -189,3 +189,37 @@ def test_prefill_once_gives_the_candidates_of_num_return_sequences(tiny_models):
     }
     assert as_text[True] == as_text[False]
     assert all(s.num_tokens == 24 for group in runs[True] for s in group)
+
+
+def test_each_prompt_alone_into_a_static_cache_equals_the_padded_batch(tiny_models):
+    """The engine's two prefills (each prompt alone into a StaticCache; the left-padded batch into a DynamicCache)
+    hold the same keys and values at every real prompt position, and their first sampled logits agree."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StaticCache
+
+    from spc_train.generation.engine import prefill_once
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models / "generator").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "generator", padding_side="left")
+    prompts = ["User 1: hi\nUser 2:", "User 1: I like cats and dogs, and you?\nUser 2: Me too!\nUser 1:"]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        static = prefill_once(model, encoded, n=2, max_new_tokens=5)
+        padded = prefill_once(model, encoded, n=2)
+        assert isinstance(static["cache"], StaticCache) and isinstance(padded["cache"], DynamicCache)
+        real = static["attention_mask"][:, :-1].bool()  # the cached positions that are prompt tokens
+        width = real.shape[1]
+        for ours, theirs in zip(static["cache"].layers, padded["cache"].layers):
+            assert ours.keys.shape[2] == width + 1 + 5  # the whole prompt and max_new_tokens, allocated once
+            for part in ("keys", "values"):
+                a, b = getattr(ours, part)[:, :, :width], getattr(theirs, part)
+                assert torch.allclose(a.transpose(1, 2)[real], b.transpose(1, 2)[real], atol=1e-5)
+        logits = [
+            model(
+                input_ids=inputs["input_ids"][:, -1:],
+                attention_mask=inputs["attention_mask"],
+                cache=inputs["cache"],
+                position_ids=inputs["attention_mask"].sum(-1, keepdim=True) - 1,
+            ).logits
+            for inputs in (static, padded)
+        ]
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch.nn.functional import pad
 from tqdm.auto import tqdm
 
 from .sampling import row_key, seeded_sampling
@@ -81,10 +82,45 @@ def forward_parameters(model) -> set[str]:
         return set()
 
 
-def prefill_once(model, encoded: dict, n: int) -> dict | None:
+def run_prefill(model, name: str, cache, extra: dict, **inputs):
+    """The model's forward pass over prompt tokens, filling `cache` (passed under the forward's own keyword)."""
+    output = model(use_cache=True, **{name: cache}, **extra, **inputs)
+    return output.cache if name == "cache" else output.past_key_values
+
+
+def static_prompt_cache(model, ids, mask, name: str, extra: dict, n: int, max_new_tokens: int | None):
+    """Each prompt's cache from a forward pass of its own (no padding, so attention takes the causal kernel instead
+    of a padding mask: less than half the prefill time on a CPU, BENCHMARKS.md), laid out left-padded n times in a `StaticCache` sized for the prompt and
+    `max_new_tokens`: `generate` then writes each new position in place, where a `DynamicCache` concatenates the
+    whole cache once per step. None where that does not apply: no length bound, a sliding-window layer (its cache
+    is not the prompt's positions), or a config the static cache cannot read."""
+    from transformers import DynamicCache, StaticCache
+
+    if max_new_tokens is None or any(layer.is_sliding for layer in DynamicCache(config=model.config).layers):
+        return None
+    try:
+        cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    width = ids.shape[1] - 1  # all but the last prompt token
+    prompts = [
+        run_prefill(model, name, DynamicCache(config=model.config), extra, input_ids=row[keep][None, :-1])
+        for row, keep in zip(ids, mask.bool())
+    ]
+    for index in range(len(cache.layers)):
+        keys, values = (
+            torch.cat([pad(getattr(p.layers[index], part), (0, 0, width - p.get_seq_length(), 0)) for p in prompts])
+            for part in ("keys", "values")
+        )
+        cache.update(keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0), index)
+    return cache
+
+
+def prefill_once(model, encoded: dict, n: int, max_new_tokens: int | None = None) -> dict | None:
     """`generate` inputs for n candidates per prompt whose prompts are encoded once: all but the last prompt token
-    go through one forward pass here, and the cache is repeated n times (`generate` encodes only what the cache
-    lacks: the last token). Positions are those `generate` gives left-padded rows. None when the model's cache
+    go through the model here, and the cache is repeated n times (`generate` encodes only what the cache lacks: the
+    last token). With `max_new_tokens`, each prompt alone into a static cache (`static_prompt_cache`); otherwise the
+    left-padded batch in one pass, with the positions `generate` gives padded rows. None when the model's cache
     cannot be passed in (no cache keyword, or prompts of one token)."""
     from transformers import DynamicCache
 
@@ -94,17 +130,19 @@ def prefill_once(model, encoded: dict, n: int) -> dict | None:
     if name is None or ids.shape[1] < 2:
         return None
     extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    output = model(
-        input_ids=ids[:, :-1],
-        attention_mask=mask[:, :-1],
-        position_ids=positions[:, :-1],
-        use_cache=True,
-        **{name: DynamicCache(config=model.config)},
-        **extra,
-    )
-    cache = output.cache if name == "cache" else output.past_key_values
-    cache.batch_repeat_interleave(n)
+    cache = static_prompt_cache(model, ids, mask, name, extra, n, max_new_tokens)
+    if cache is None:
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = run_prefill(
+            model,
+            name,
+            DynamicCache(config=model.config),
+            extra,
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+        )
+        cache.batch_repeat_interleave(n)
     return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), name: cache}
 
 
@@ -122,9 +160,11 @@ def _generate(
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     pad_lengths = (encoded["attention_mask"] == 0).sum(-1).repeat_interleave(n).tolist()  # one per candidate row
     kwargs, processors = seeded_sampling(generation_kwargs, row_keys, encoded["input_ids"].shape[1], pad_lengths)
-    inputs = prefill_once(model, encoded, n) if share_prefill and n > 1 else None
+    max_new_tokens = generation_kwargs.get("max_new_tokens")
+    inputs = prefill_once(model, encoded, n, max_new_tokens) if share_prefill and n > 1 else None
     output = model.generate(
         **(inputs or encoded),
+        disable_compile=True,  # a static cache would otherwise compile the forward on a GPU, once per batch shape
         num_return_sequences=1 if inputs else n,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
