@@ -90,10 +90,11 @@ def run_prefill(model, name: str, cache, extra: dict, **inputs):
 
 def static_prompt_cache(model, ids, mask, name: str, extra: dict, n: int, max_new_tokens: int | None):
     """Each prompt's cache from a forward pass of its own (no padding, so attention takes the causal kernel instead
-    of a padding mask: less than half the prefill time on a CPU, BENCHMARKS.md), laid out left-padded n times in a `StaticCache` sized for the prompt and
-    `max_new_tokens`: `generate` then writes each new position in place, where a `DynamicCache` concatenates the
-    whole cache once per step. None where that does not apply: no length bound, a sliding-window layer (its cache
-    is not the prompt's positions), or a config the static cache cannot read."""
+    of a padding mask: less than half the prefill time on a CPU, BENCHMARKS.md), laid out left-padded n times in a
+    `StaticCache` sized for the prompt and `max_new_tokens`: `generate` then writes each new position in place,
+    where a `DynamicCache` concatenates the whole cache once per step. None where that does not apply: no length
+    bound, a sliding-window layer (its cache is not the prompt's positions), or a config the static cache cannot
+    read."""
     from transformers import DynamicCache, StaticCache
 
     if max_new_tokens is None or any(layer.is_sliding for layer in DynamicCache(config=model.config).layers):
