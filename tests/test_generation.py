@@ -637,6 +637,14 @@ REFUSED = [
     (CONVERSATION + "\nUser 2: Do you?\nUser 1: I love dogs!\nUser 2: Do you?", "repetition: turns 2-3"),
     (CONVERSATION + "\nUser 2: " + "and then we went to the park " * 4, "repetition: turn 3 says"),
     (CONVERSATION + "\nUser 1: I love dogs!", "repetition: turn 2 is said again at once"),
+    (  # selected at iteration 0 of a SmolLM2 run, then looped on by its generator (greetings vary, the rest echoes)
+        "User 1: Hi, I'm Sarah. I'm a 52-year-old woman. I live in a small town in the Midwest and love to travel.\n"
+        "User 2: Hi, I'm Emily. I'm Emily. I'm 60 years old. I'm a librarian. I have visited Spain a time.\n"
+        "User 1: Hey Sarah. I'm Emily. I'm Emily. I'm 60 years old. I'm a librarian. I love to travel.\n"
+        "User 2: Hello Sarah. I'm Emily. I'm Emily. I'm 60 years old. I'm a librarian. I love to travel.\n"
+        "User 1: Hey Sarah. I'm Emily. I'm Emily. I'm 60 years old. I'm a librarian. I love to travel.",
+        "repetition: 2 of 5 turns say an earlier turn again (turn 3 echoes turn 2)",
+    ),
 ]
 
 
@@ -658,11 +666,31 @@ def test_a_candidate_with_commentary_profiles_other_speakers_or_loops_is_refused
         # SPC-like backchannels said again later are not a loop; neither is "Yes. Yes. Yes." nor a stage direction.
         "User 1: Oh, that's cool.\nUser 2: Yes. Yes. Yes.\n(Later that day)\nUser 1: Oh, that's cool.\n"
         "User 2: It is.\nUser 1: Oh, that's cool.\nUser 2: Scene: the park.",
+        # One long turn said again later, as 16% of SPC conversations have: under the echo share.
+        "User 1: I have two dogs and a cat, and we live near the beach.\nUser 2: That sounds lovely, I like the sea.\n"
+        "User 1: Do you have pets?\nUser 2: No, my flat is too small for them.\n"
+        "User 1: I have two dogs and a cat, and we live close to the beach.\nUser 2: Lucky you!",
     ],
 )
 def test_formats_and_repetitions_real_conversations_have_are_accepted(text):
     result = parse_candidate(text, min_turns=4)
     assert result["parsed"] is True and result["reject_reason"] == "", result["reject_reason"]
+
+
+def test_the_loop_rules_refuse_almost_no_real_spc_conversation():
+    """The repetition rules against the SPC conversations they must let through (rejections.py: 2 of the 1,966 test /
+    valid conversations by the echo rule, 2 by the loop rules)."""
+    from pathlib import Path
+
+    from spc_train.data import read_seed
+    from spc_train.generation.rejections import _repetition
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "spc"
+    if not shared.is_dir():
+        pytest.skip(f"the SPC data is not beside the checkout ({shared})")
+    records = [r for path in sorted(shared.glob("*.csv")) for r in read_seed(str(path)).records]
+    refused = [r for r in records if _repetition(r["turns"])]
+    assert len(records) > 1900 and len(refused) <= 5, [_repetition(r["turns"]) for r in refused]
 
 
 # -- truncated candidates ---------------------------------------------------------------------------------------------

@@ -21,19 +21,27 @@ Rules, in the order they are tried (the first that fires is the reason; lines ar
   `SENTENCE_REPEATS` or more times ("I love eating. I love eating. I love eating.") or a word `NGRAM`-gram occurring
   `NGRAM_REPEATS` or more times (a loop without sentence punctuation: "and we ate and we ate and we ate and ...");
   across turns, a run of 1 to `MAX_LOOP_TURNS` consecutive turns followed at once by the same run again, same
-  speakers and same words (`X X`, `A B A B`, `A B C A B C`).
+  speakers and same words (`X X`, `A B A B`, `A B C A B C`); and echoes: `ECHO_SHARE` or more of the turns each
+  say again, nearly word for word, an earlier turn of either speaker (`ECHO_SIMILARITY` or more of their words in
+  common, in order, over turns of `ECHO_MIN_WORDS` words or more). The SmolLM2 conversations that the critic
+  selected and the generator then learned to loop on were of this kind ("Hey Sarah. I'm Emily. I'm 60 years old.
+  I'm a librarian." three times, the greeting varied; docs/real-models.md).
 
 The repetition thresholds come from the SPC data: SPC speakers repeat backchannels ("Oh, that's cool.", "Yeah, it
 is.") across a conversation and write anaphora ("I love to go swimming, I love to go hiking, I love to go ..."), so a
 sentence or a turn said again somewhere later is not a loop (counting those would refuse 13% of the SPC test and
-valid conversations); a loop repeats at once, or inside one turn. With these rules, 2 of the 1,968 SPC test / valid
-conversations and 14 of the 19,939 of the SPC fork are refused, each for a two-turn exchange said twice in a row.
+valid conversations); a loop repeats at once, or inside one turn. With the loop rules, 2 of the 1,968 SPC test /
+valid conversations and 14 of the 19,939 of the SPC fork are refused, each for a two-turn exchange said twice in a
+row. SPC speakers also say a long sentence again later (16% of the conversations have two turns 90% alike), but
+rarely many: the echo rule refuses 2 of the 1,966 SPC test / valid conversations and 21 of the 19,902 of the fork,
+against 28 of the 71 conversations that the SmolLM2 runs of 2026-11-30 and 12-01 selected.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from difflib import SequenceMatcher
 
 from ..data.conversation import ParsedConversation
 
@@ -42,6 +50,9 @@ SENTENCE_REPEATS = 3
 NGRAM = 8  # SPC says "I love to go ..." three times in a turn, never the same 8 words
 NGRAM_REPEATS = 3
 MAX_LOOP_TURNS = 3
+ECHO_MIN_WORDS = 6  # "Oh, that's cool." said again is a backchannel
+ECHO_SIMILARITY = 0.7  # difflib's ratio over the two turns' words
+ECHO_SHARE = 0.3
 
 _TOPIC = r"(?:conversations?|dialog(?:ue)?s?|chats?|examples?|exchanges?|versions?)"
 _META = [
@@ -83,6 +94,21 @@ def _normal(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", text.lower()))
 
 
+def _echoes(turns: list[dict]) -> str | None:
+    words = [_normal(turn["text"]).split() for turn in turns]
+    long = [i for i, w in enumerate(words) if len(w) >= ECHO_MIN_WORDS]
+    echoes = []
+    for later, j in enumerate(long):
+        for i in long[:later]:
+            if SequenceMatcher(None, words[i], words[j], autojunk=False).ratio() >= ECHO_SIMILARITY:
+                echoes.append((j, i))
+                break
+    if turns and len(echoes) >= ECHO_SHARE * len(turns):
+        j, i = echoes[0]
+        return f"{len(echoes)} of {len(turns)} turns say an earlier turn again (turn {j} echoes turn {i})"
+    return None
+
+
 def _repetition(turns: list[dict]) -> str | None:
     for position, turn in enumerate(turns):
         sentences = [_normal(sentence) for sentence in re.split(r"(?<=[.!?])\s+", turn["text"])]
@@ -99,7 +125,7 @@ def _repetition(turns: list[dict]) -> str | None:
             if keys[start : start + size] == keys[start + size : start + 2 * size]:
                 which = f"turns {start}-{start + size - 1} are" if size > 1 else f"turn {start} is"
                 return f"{which} said again at once"
-    return None
+    return _echoes(turns)
 
 
 def reject_reason(parsed: ParsedConversation) -> str:
