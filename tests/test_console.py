@@ -88,3 +88,27 @@ def test_a_tiny_selection_is_a_warning(demo_run, tmp_path, caplog):
     assert len(load_rows(copy / "iter-00" / "selected")) == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("only 1 of" in w and "generation.num_candidates" in w for w in warnings), warnings
+
+
+def test_training_many_epochs_over_a_small_selection_is_a_warning(demo_run, tmp_path, caplog):
+    copy = _copy(demo_run, tmp_path)
+    shutil.rmtree(copy / "iter-01" / "adapter")
+    epochs = ["--training.max_steps", "-1", "--training.num_train_epochs", "11"]
+    with caplog.at_level(logging.WARNING, logger="spc_train"):
+        assert main(["train", "--run_dir", str(copy), "--iteration", "1", *epochs]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("11 epochs" in w and "training.num_train_epochs" in w for w in warnings), warnings
+
+
+def test_a_generator_worse_at_the_format_after_training_is_a_warning(caplog):
+    from spc_train.evaluation.stages import warn_if_format_fell
+
+    before = {"parse_rate": 0.21, "stopped_rate": 0.40}
+    with caplog.at_level(logging.WARNING, logger="spc_train"):
+        warn_if_format_fell(1, before, {"parse_rate": 0.54, "stopped_rate": 0.19})  # parses more, stops less
+        warn_if_format_fell(1, before, {"parse_rate": 0.15, "stopped_rate": 0.35})  # within sampling noise
+        warn_if_format_fell(1, {}, {"parse_rate": 0.15, "stopped_rate": 0.35})  # nothing to compare with
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "stopped by the model 40% -> 19%" in warnings[0] and "parsed" not in warnings[0].split("(")[1].split(")")[0]
+    assert "generation.truncated: reject" in warnings[0]

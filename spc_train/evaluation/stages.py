@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -9,7 +10,11 @@ from ..configs import ModelSpec
 from ..runs import RunDir, read_stage, save_rows
 from ..stage import Input, Stage, StageContext
 
+logger = logging.getLogger(__name__)
+
 JUDGED = {"detection", "extraction", "llm_judge"}
+# A fall of this much in the parse or stopped rate after an adapter is more than sampling noise at 48 candidates.
+FORMAT_DROP = 0.10
 
 
 def evaluation_roles(selected) -> tuple[str, ...]:
@@ -133,7 +138,28 @@ def evaluate(ctx: StageContext):
         sft_loss=adapter["train_loss"] if adapter else math.nan,
     )
     metrics |= expert_metrics(config.critic, critiques, selected, config.loop.seed)
+    if any(i.name == "candidates" and i.iteration == k - 1 for i in ctx.inputs):
+        warn_if_format_fell(k, read_stage(ctx.input("candidates", k - 1)) or {}, metrics)
     return _write_metrics(metrics, ctx)
+
+
+def warn_if_format_fell(k: int, before: dict, after: dict) -> None:
+    """One line when the generator of iteration k, trained on iteration k-1's selection, writes the format less
+    well: fewer candidates parsed, or fewer ended by the model (so more are cut at max_new_tokens)."""
+    fell = {
+        label: (before[key], after[key])
+        for key, label in (("parse_rate", "parsed"), ("stopped_rate", "stopped by the model"))
+        if before.get(key, math.nan) - after.get(key, math.nan) >= FORMAT_DROP  # False for NaN
+    }
+    if fell:
+        logger.warning(
+            "Iteration %d's generator writes the format worse than iteration %d's (%s). Fewer training steps "
+            "(training.num_train_epochs), training only on conversations the model ended "
+            "(generation.truncated: reject), a larger generation.max_new_tokens or loop.train: false may help.",
+            k,
+            k - 1,
+            ", ".join(f"{label} {a:.0%} -> {b:.0%}" for label, (a, b) in fell.items()),
+        )
 
 
 def report(ctx: StageContext):
@@ -173,6 +199,7 @@ EVALUATE = Stage(
         Input("critiques", k),
         Input("selected", k),
         *([Input("adapter", k, optional=True)] if selected.loop.train else []),
+        *([Input("candidates", k - 1, optional=True)] if k and selected.loop.train else []),  # the format before
     ],
     roles=evaluation_roles,
     per_iteration=True,

@@ -142,6 +142,7 @@ def train_adapter(rows, model_args, args, output_dir: Path, *, init_adapter: str
         "train_loss": round(train_loss, 6),
         "final_loss": losses[-1] if losses else result.training_loss,
         "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 2),
         "rows": len(rows),
         "init_adapter": init_adapter,
         "resumed_from": Path(last).name if last else None,

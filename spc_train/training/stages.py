@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..runs import StageInputError, save_rows
 from ..stage import Input, Stage, StageContext
+
+logger = logging.getLogger(__name__)
+
+# Over this many passes over the selection, LoRA SFT memorizes its few rows (SmolLM2, docs/real-models.md): the
+# next iteration repeats their sentences in loops.
+MANY_EPOCHS = 10
 
 
 def _data_inputs(selected, k: int) -> list[Input]:
@@ -55,6 +62,15 @@ def train(ctx: StageContext):
     stats: dict[str, Any] = train_adapter(rows, ctx.config.model, args, scratch / "final", init_adapter=init)
 
     def write(out: Path) -> dict:
+        if stats.get("epochs", 0) > MANY_EPOCHS:
+            logger.warning(
+                "Iteration %d: LoRA SFT made %d steps over %d rows, %.0f epochs: the adapter memorizes them. Set "
+                "training.num_train_epochs and training.max_steps: -1, so the steps follow the selection's size.",
+                k,
+                stats["steps"],
+                stats["rows"],
+                stats["epochs"],
+            )
         for path in (scratch / "final").iterdir():
             if path.name != "training_args.bin":  # a pickle of this run's paths; the recipe has the values
                 shutil.move(str(path), out / path.name)
