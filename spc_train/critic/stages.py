@@ -105,12 +105,12 @@ def choose(ctx: StageContext):
         elif len(selected) < TINY_SELECTION * stats["pairs"]:
             logger.warning(
                 "Iteration %d selected a conversation for only %d of %d pairs (%s), so the generator trains on "
-                "%d rows: sample more candidates (generation.num_candidates), or lower the critic thresholds.",
+                "%s: sample more candidates (generation.num_candidates), or lower the critic thresholds.",
                 k,
                 len(selected),
                 stats["pairs"],
                 empty_selection_cause(stats),
-                len(selected),
+                "1 row" if len(selected) == 1 else f"{len(selected)} rows",
             )
         return {"rows": len(selected), **stats}
 
