@@ -103,12 +103,17 @@ def test_training_many_epochs_over_a_small_selection_is_a_warning(demo_run, tmp_
 def test_a_generator_worse_at_the_format_after_training_is_a_warning(caplog):
     from spc_train.evaluation.stages import warn_if_format_fell
 
-    before = {"parse_rate": 0.21, "stopped_rate": 0.40}
+    before = {"parse_rate": 0.21, "stopped_rate": 0.40, "rows": 48}
     with caplog.at_level(logging.WARNING, logger="spc_train"):
-        warn_if_format_fell(1, before, {"parse_rate": 0.54, "stopped_rate": 0.19})  # parses more, stops less
-        warn_if_format_fell(1, before, {"parse_rate": 0.15, "stopped_rate": 0.35})  # within sampling noise
-        warn_if_format_fell(1, {}, {"parse_rate": 0.15, "stopped_rate": 0.35})  # nothing to compare with
+        # SmolLM2 after 32 epochs on 3 rows: parses more, stops much less (z = 2.2)
+        warn_if_format_fell(1, before, {"parse_rate": 0.54, "stopped_rate": 0.19, "candidates": 48})
+        # 40% -> 27% at 48 candidates is 1.3 standard errors: within the sampling's noise
+        warn_if_format_fell(1, before, {"parse_rate": 0.17, "stopped_rate": 0.27, "candidates": 48})
+        # the same fall over 480 candidates each is not
+        warn_if_format_fell(1, before | {"rows": 480}, {"parse_rate": 0.21, "stopped_rate": 0.27, "candidates": 480})
+        warn_if_format_fell(1, {}, {"parse_rate": 0.15, "stopped_rate": 0.35, "candidates": 48})  # nothing before
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1, warnings
-    assert "stopped by the model 40% -> 19%" in warnings[0] and "parsed" not in warnings[0].split("(")[1].split(")")[0]
-    assert "generation.truncated: reject" in warnings[0]
+    assert len(warnings) == 2, warnings
+    assert "(stopped by the model 40% -> 19%, of 48 and 48 candidates)" in warnings[0]
+    assert "(stopped by the model 40% -> 27%, of 480 and 480 candidates)" in warnings[1]
+    assert all("generation.truncated: reject" in w for w in warnings)

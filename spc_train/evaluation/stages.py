@@ -13,8 +13,9 @@ from ..stage import Input, Stage, StageContext
 logger = logging.getLogger(__name__)
 
 JUDGED = {"detection", "extraction", "llm_judge"}
-# A fall of this much in the parse or stopped rate after an adapter is more than sampling noise at 48 candidates.
-FORMAT_DROP = 0.10
+# A fall in the parse or stopped rate after an adapter is worth a warning when it is this many standard errors (a
+# two-proportion z-test): 20 points at 48 candidates, 10 at 200; a smaller fall can be the sampling's noise.
+FORMAT_DROP_Z = 2.0
 
 
 def evaluation_roles(selected) -> tuple[str, ...]:
@@ -143,22 +144,34 @@ def evaluate(ctx: StageContext):
     return _write_metrics(metrics, ctx)
 
 
+def fell_significantly(before: float, after: float, n_before: int, n_after: int) -> bool:
+    """Whether a rate fell by FORMAT_DROP_Z standard errors or more (pooled two-proportion z-test)."""
+    if not (n_before and n_after) or math.isnan(before) or math.isnan(after):
+        return False
+    pooled = (before * n_before + after * n_after) / (n_before + n_after)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / n_before + 1 / n_after))
+    return error > 0 and (before - after) / error >= FORMAT_DROP_Z
+
+
 def warn_if_format_fell(k: int, before: dict, after: dict) -> None:
-    """One line when the generator of iteration k, trained on iteration k-1's selection, writes the format less
-    well: fewer candidates parsed, or fewer ended by the model (so more are cut at max_new_tokens)."""
+    """One line when the generator of iteration k, trained on iteration k-1's selection, writes the format worse:
+    fewer candidates parsed, or fewer ended by the model (so more are cut at max_new_tokens), by more than noise."""
+    n_before, n_after = before.get("rows", 0), after.get("candidates", 0)
     fell = {
         label: (before[key], after[key])
         for key, label in (("parse_rate", "parsed"), ("stopped_rate", "stopped by the model"))
-        if before.get(key, math.nan) - after.get(key, math.nan) >= FORMAT_DROP  # False for NaN
+        if fell_significantly(before.get(key, math.nan), after.get(key, math.nan), n_before, n_after)
     }
     if fell:
         logger.warning(
-            "Iteration %d's generator writes the format worse than iteration %d's (%s). Fewer training steps "
-            "(training.num_train_epochs), training only on conversations the model ended "
+            "Iteration %d's generator writes the format worse than iteration %d's (%s, of %d and %d candidates). "
+            "Fewer training steps (training.num_train_epochs), training only on conversations the model ended "
             "(generation.truncated: reject), a larger generation.max_new_tokens or loop.train: false may help.",
             k,
             k - 1,
             ", ".join(f"{label} {a:.0%} -> {b:.0%}" for label, (a, b) in fell.items()),
+            n_before,
+            n_after,
         )
 
 
