@@ -165,8 +165,9 @@ def warn_if_format_fell(k: int, before: dict, after: dict) -> None:
     if fell:
         logger.warning(
             "Iteration %d's generator writes the format worse than iteration %d's (%s, of %d and %d candidates). "
-            "Fewer training steps (training.num_train_epochs), training only on conversations the model ended "
-            "(generation.truncated: reject), a larger generation.max_new_tokens or loop.train: false may help.",
+            "Fewer training epochs (training.num_train_epochs), more pairs or candidates to select from "
+            "(personas.num_pairs, generation.num_candidates), or loop.train: false (the few-shot pool alone) may "
+            "help; docs/real-models.md shows such a case.",
             k,
             k - 1,
             ", ".join(f"{label} {a:.0%} -> {b:.0%}" for label, (a, b) in fell.items()),

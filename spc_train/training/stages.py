@@ -64,8 +64,9 @@ def train(ctx: StageContext):
     def write(out: Path) -> dict:
         if stats.get("epochs", 0) > MANY_EPOCHS:
             logger.warning(
-                "Iteration %d: LoRA SFT made %d steps over %d rows, %.0f epochs: the adapter memorizes them. Set "
-                "training.num_train_epochs and training.max_steps: -1, so the steps follow the selection's size.",
+                "Iteration %d: LoRA SFT made %d steps over %d rows, %.0f epochs, so the adapter may memorize them and "
+                "the next iteration loop on their sentences. Fewer epochs (training.num_train_epochs, with "
+                "training.max_steps: -1 so the steps follow the selection's size) or more rows may help.",
                 k,
                 stats["steps"],
                 stats["rows"],
