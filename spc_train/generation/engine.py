@@ -97,11 +97,13 @@ def static_prompt_cache(model, ids, mask, name: str, extra: dict, n: int, max_ne
     read."""
     from transformers import DynamicCache, StaticCache
 
-    if max_new_tokens is None or any(layer.is_sliding for layer in DynamicCache(config=model.config).layers):
+    if max_new_tokens is None:
         return None
     try:
         cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
     except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if any(layer.is_sliding for layer in cache.layers):
         return None
     width = ids.shape[1] - 1  # all but the last prompt token
     prompts = [

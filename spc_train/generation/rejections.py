@@ -94,8 +94,9 @@ def _normal(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", text.lower()))
 
 
-def _echoes(turns: list[dict]) -> str | None:
-    words = [_normal(turn["text"]).split() for turn in turns]
+def _echoes(texts: list[str]) -> str | None:
+    """Over the turns' normalised texts (`_normal`)."""
+    words = [text.split() for text in texts]
     long = [i for i, w in enumerate(words) if len(w) >= ECHO_MIN_WORDS]
     echoes = []
     for later, j in enumerate(long):
@@ -103,9 +104,9 @@ def _echoes(turns: list[dict]) -> str | None:
             if SequenceMatcher(None, words[i], words[j], autojunk=False).ratio() >= ECHO_SIMILARITY:
                 echoes.append((j, i))
                 break
-    if turns and len(echoes) >= ECHO_SHARE * len(turns):
+    if words and len(echoes) >= ECHO_SHARE * len(words):
         j, i = echoes[0]
-        return f"{len(echoes)} of {len(turns)} turns say an earlier turn again (turn {j} echoes turn {i})"
+        return f"{len(echoes)} of {len(words)} turns say an earlier turn again (turn {j} echoes turn {i})"
     return None
 
 
@@ -125,7 +126,7 @@ def _repetition(turns: list[dict]) -> str | None:
             if keys[start : start + size] == keys[start + size : start + 2 * size]:
                 which = f"turns {start}-{start + size - 1} are" if size > 1 else f"turn {start} is"
                 return f"{which} said again at once"
-    return _echoes(turns)
+    return _echoes([text for _, text in keys])
 
 
 def reject_reason(parsed: ParsedConversation) -> str:
