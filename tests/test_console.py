@@ -112,8 +112,12 @@ def test_a_generator_worse_at_the_format_after_training_is_a_warning(caplog):
         # the same fall over 480 candidates each is not
         warn_if_format_fell(1, before | {"rows": 480}, {"parse_rate": 0.21, "stopped_rate": 0.27, "candidates": 480})
         warn_if_format_fell(1, {}, {"parse_rate": 0.15, "stopped_rate": 0.35, "candidates": 48})  # nothing before
+        # as many parse and stop, but fewer do both: fewer whole conversations
+        after = {"parse_rate": 0.21, "stopped_rate": 0.40, "complete_rate": 0.02, "candidates": 100}
+        warn_if_format_fell(1, before | {"complete_rate": 0.15, "rows": 100}, after)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2, warnings
+    assert len(warnings) == 3, warnings
     assert "(stopped by the model 40% -> 19%, of 48 and 48 candidates)" in warnings[0]
     assert "(stopped by the model 40% -> 27%, of 480 and 480 candidates)" in warnings[1]
+    assert "(parsed and stopped 15% -> 2%, of 100 and 100 candidates)" in warnings[2]
     assert all("training.num_train_epochs" in w and "loop.train: false" in w for w in warnings)

@@ -31,6 +31,8 @@ CHANGES = [
         "Loop",
         [
             ("parse_rate", "parse rate", "{:.0%}"),
+            ("stopped_rate", "stopped", "{:.0%}"),
+            ("complete_rate", "parsed and stopped", "{:.0%}"),
             ("pass_rate", "pass rate", "{:.0%}"),
             ("selected", "selected", "{:.0f}"),
             ("sft_loss", "SFT loss", "{:.3f}"),

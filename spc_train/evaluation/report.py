@@ -159,12 +159,24 @@ SECTIONS: list[Section] = [
     Section(
         "Critic and training",
         "critic",
-        ("candidates", "parse_rate", "pass_rate", "selected", "sft_loss", "_mean", "_selected_win_rate"),
+        (
+            "candidates",
+            "parse_rate",
+            "stopped_rate",
+            "complete_rate",
+            "pass_rate",
+            "selected",
+            "sft_loss",
+            "_mean",
+            "_selected_win_rate",
+        ),
         "The loop's own numbers per iteration: `candidates` generated, `parse_rate` (share that parsed into a "
-        "conversation), `pass_rate` (share passing every filter), `selected` conversations, and the LoRA SFT train "
-        "loss on them. `<expert>_mean` is a filter expert's mean score over all candidates; "
-        "`<expert>_selected_win_rate` a policy expert's mean pairwise win rate of the selected candidates (over all "
-        "candidates it is 0.5 by construction, so above 0.5 = selection picked what the expert prefers).",
+        "conversation), `stopped_rate` (share the model ended before `max_new_tokens`), `complete_rate` (share that "
+        "did both: a whole conversation; a weak generator's early stops are mostly not conversations), `pass_rate` "
+        "(share passing every filter), `selected` conversations, and the LoRA SFT train loss on them. "
+        "`<expert>_mean` is a filter expert's mean score over all candidates; `<expert>_selected_win_rate` a policy "
+        "expert's mean pairwise win rate of the selected candidates (over all candidates it is 0.5 by construction, "
+        "so above 0.5 = selection picked what the expert prefers).",
     ),
 ]
 OTHER = Section(

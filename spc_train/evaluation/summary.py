@@ -20,6 +20,7 @@ SUMMARY_COLUMNS = [
     ("candidates", "candidates", "{:.0f}"),
     ("parse_rate", "parse rate", "{:.0%}"),
     ("stopped_rate", "stopped", "{:.0%}"),
+    ("complete_rate", "parsed and stopped", "{:.0%}"),
     ("pass_rate", "pass rate", "{:.0%}"),
     ("selected", "selected", "{:.0f}"),
     ("faithfulness_mean", "P(contradiction)", "{:.3f}"),

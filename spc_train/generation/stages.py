@@ -79,6 +79,8 @@ def generate(ctx: StageContext):
             "processes": state.num_processes,
             "parse_rate": parse_rate,
             "stopped_rate": _mean(float(r["finish_reason"] == "stop") for r in rows),
+            # a conversation the model wrote and ended itself: what stops at iteration 0 is mostly not one
+            "complete_rate": _mean(float(r["parsed"] and r["finish_reason"] == "stop") for r in rows),
             **stats,
             "pairs": len(pairs),
         }
@@ -90,6 +92,7 @@ def _said(summary: dict) -> str:
     return (
         f"{summary['rows']} candidates for {summary['pairs']} pairs, {summary['parse_rate']:.0%} parsed, "
         f"{summary['stopped_rate']:.0%} stopped by the model"
+        + (f", {summary['complete_rate']:.0%} both" if "complete_rate" in summary else "")
     )
 
 
