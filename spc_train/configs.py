@@ -529,6 +529,14 @@ class LoopConfig(_Checked):
     grow_pool: bool = field(
         default=True, metadata={"help": "Add selected conversations to the few-shot pool (paper's in-context mode)."}
     )
+    replay_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Also train each iteration on this many seed conversations (none of the run's pairs), cut at a "
+            "turn boundary to fit generation.max_new_tokens: real data that keeps a weak generator at the format "
+            "(docs/real-models.md). 0: the selection only, as the paper."
+        },
+    )
     tiny_models_dir: str | None = field(
         default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
     )
@@ -558,6 +566,7 @@ class LoopConfig(_Checked):
             "iterations": AT_LEAST_1,
             "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
             "update": one_of(("continue", "fresh")),
+            "replay_seed": AT_LEAST_0,
             "on_blind_judge": one_of(("warn", "stop")),
             "report_to": (
                 lambda v: all(name in TRACKER_CHOICES for name in v) and ("none" not in v or len(v) == 1),

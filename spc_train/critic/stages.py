@@ -105,12 +105,13 @@ def choose(ctx: StageContext):
         elif len(selected) < TINY_SELECTION * stats["pairs"]:
             logger.warning(
                 "Iteration %d selected a conversation for only %d of %d pairs (%s), so the generator trains on "
-                "%s: sample more candidates (generation.num_candidates), or lower the critic thresholds.",
+                "%s: sample more candidates (generation.num_candidates), lower the critic thresholds, or train on "
+                "seed conversations too (loop.replay_seed).",
                 k,
                 len(selected),
                 stats["pairs"],
                 empty_selection_cause(stats),
-                "1 row" if len(selected) == 1 else f"{len(selected)} rows",
+                "1 selected row" if len(selected) == 1 else f"{len(selected)} selected rows",
             )
         return {"rows": len(selected), **stats}
 

@@ -16,6 +16,11 @@ JUDGED = {"detection", "extraction", "llm_judge"}
 # A fall in the parse or stopped rate after an adapter is worth a warning when it is this many standard errors (a
 # two-proportion z-test): 20 points at 48 candidates, 10 at 200; a smaller fall can be the sampling's noise.
 FORMAT_DROP_Z = 2.0
+FORMAT_RATES = (
+    ("parse_rate", "parsed"),
+    ("stopped_rate", "stopped by the model"),
+    ("complete_rate", "parsed and stopped"),  # a whole conversation
+)
 
 
 def evaluation_roles(selected) -> tuple[str, ...]:
@@ -121,6 +126,7 @@ def evaluate(ctx: StageContext):
     critiques, selected = ctx.rows("critiques", k), ctx.rows("selected", k)
     selection = read_stage(ctx.input("selected", k))
     stored = [row["scores"].get("toxicity") for row in selected]
+    generation = read_stage(ctx.input("candidates", k)) or {}
     metrics = evaluate_dataset(
         selected,
         config=config.evaluation,
@@ -134,7 +140,8 @@ def evaluate(ctx: StageContext):
     metrics.update(
         candidates=len(critiques),
         parse_rate=selection["parse_rate"],
-        stopped_rate=(read_stage(ctx.input("candidates", k)) or {}).get("stopped_rate", math.nan),
+        stopped_rate=generation.get("stopped_rate", math.nan),
+        complete_rate=generation.get("complete_rate", math.nan),
         pass_rate=selection["pass_rate"],
         sft_loss=adapter["train_loss"] if adapter else math.nan,
     )
@@ -159,15 +166,16 @@ def warn_if_format_fell(k: int, before: dict, after: dict) -> None:
     n_before, n_after = before.get("rows", 0), after.get("candidates", 0)
     fell = {
         label: (before[key], after[key])
-        for key, label in (("parse_rate", "parsed"), ("stopped_rate", "stopped by the model"))
+        for key, label in FORMAT_RATES
         if fell_significantly(before.get(key, math.nan), after.get(key, math.nan), n_before, n_after)
     }
     if fell:
         logger.warning(
             "Iteration %d's generator writes the format worse than iteration %d's (%s, of %d and %d candidates). "
-            "Fewer training epochs (training.num_train_epochs), more pairs or candidates to select from "
-            "(personas.num_pairs, generation.num_candidates), or loop.train: false (the few-shot pool alone) may "
-            "help; docs/real-models.md shows such a case.",
+            "Seed conversations replayed in training (loop.replay_seed), fewer training epochs "
+            "(training.num_train_epochs), more pairs or candidates to select from (personas.num_pairs, "
+            "generation.num_candidates), or loop.train: false (the few-shot pool alone) may help; docs/real-models.md "
+            "shows such cases.",
             k,
             k - 1,
             ", ".join(f"{label} {a:.0%} -> {b:.0%}" for label, (a, b) in fell.items()),

@@ -2,9 +2,16 @@
 
 Conversational prompt-completion rows, so TRL applies the generator's chat template, ends the completion with its
 end-of-turn token, and trains on the completion only (`completion_only_loss`).
+
+Seed replay (`loop.replay_seed`) adds real conversations to an iteration's rows, as self-training recipes mix gold data
+into their own samples: a weak generator's selection is a handful of rows, and training on it alone can move the
+generator off the format. A replayed conversation is cut at a turn boundary to what the generator may write
+(`generation.max_new_tokens`, its end-of-turn token included), as a truncated candidate loses its unfinished turn.
 """
 
 from __future__ import annotations
+
+import random
 
 from ..data.conversation import format_conversation
 from ..data.prompts import as_messages, generator_prompt
@@ -15,8 +22,34 @@ def sft_row(record: dict, examples: list[dict] | None = None) -> dict:
         "prompt": as_messages(generator_prompt(record, examples or [])),
         "completion": [{"role": "assistant", "content": format_conversation(record["turns"])}],
         "pair_id": record["pair_id"],
+        "source": record.get("source", ""),
     }
 
 
 def sft_rows(records: list[dict]) -> list[dict]:
     return [sft_row(record) for record in records]
+
+
+def fit_turns(tokenizer, turns: list[dict], max_new_tokens: int) -> list[dict]:
+    """The longest opening of `turns` that the generator can write, with its end-of-turn token, in `max_new_tokens`."""
+    text = [format_conversation(turns[: i + 1]) for i in range(len(turns))]
+    lengths = [len(ids) for ids in tokenizer(text, add_special_tokens=False)["input_ids"]] if turns else []
+    return turns[: sum(length < max_new_tokens for length in lengths)]
+
+
+def replay_records(
+    seed: list[dict], pairs: list[dict], count: int, *, tokenizer, max_new_tokens: int, min_turns: int, rng_seed: str
+) -> list[dict]:
+    """`count` seed conversations drawn by `rng_seed`, never one of the run's pairs (whose conversations the loop
+    generates and measures), each cut to fit `max_new_tokens`; one left with under `min_turns` turns is passed over."""
+    taken = {pair["pair_id"] for pair in pairs}
+    others = [record for record in seed if record["pair_id"] not in taken]
+    random.Random(rng_seed).shuffle(others)
+    records = []
+    for record in others:
+        if len(records) == count:
+            break
+        turns = fit_turns(tokenizer, record["turns"], max_new_tokens)
+        if len(turns) >= min_turns and len({turn["speaker"] for turn in turns}) == 2:
+            records.append({**record, "turns": turns, "source": f"replay:{record.get('source') or 'seed'}"})
+    return records

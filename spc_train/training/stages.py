@@ -17,20 +17,49 @@ logger = logging.getLogger(__name__)
 # next iteration repeats their sentences in loops.
 MANY_EPOCHS = 10
 
+# What `models.load_tokenizer` reads of the generator's spec (seed replay counts tokens with it)
+TOKENIZER_FIELDS = ("model.name_or_path", "model.revision", "model.gguf_file", "model.trust_remote_code")
+
 
 def _data_inputs(selected, k: int) -> list[Input]:
-    """`continue` trains on this iteration's selection; `fresh` on everything selected so far."""
+    """`continue` trains on this iteration's selection; `fresh` on everything selected so far; seed replay reads the
+    seed and the pairs (whose own conversations it leaves out)."""
     first = k if selected.loop.update == "continue" else 0
-    return [Input("selected", j) for j in range(first, k + 1)]
+    replay = [Input("seed"), Input("pairs")] if selected.loop.replay_seed else []
+    return [Input("selected", j) for j in range(first, k + 1)] + replay
 
 
 def sft_data(ctx: StageContext):
-    from .data import sft_rows
+    from ..models import load_tokenizer
+    from .data import replay_records, sft_rows
+
+    config, k = ctx.config, ctx.iteration
+    records = [row for i in ctx.inputs if i.name == "selected" for row in ctx.rows(i.name, i.iteration)]
+    replayed = []
+    if config.loop.replay_seed:
+        replayed = replay_records(
+            ctx.rows("seed"),
+            ctx.rows("pairs"),
+            config.loop.replay_seed,
+            tokenizer=load_tokenizer(config.model),
+            max_new_tokens=config.generation.max_new_tokens,
+            min_turns=config.generation.min_turns,
+            rng_seed=f"{config.loop.seed}-{k}-replay",
+        )
+        if len(replayed) < config.loop.replay_seed:
+            logger.warning(
+                "Iteration %d: seed replay found %d of the %d conversations asked for (loop.replay_seed) outside the "
+                "run's pairs with %d turns within generation.max_new_tokens; a larger seed may help.",
+                k,
+                len(replayed),
+                config.loop.replay_seed,
+                config.generation.min_turns,
+            )
 
     def write(out: Path) -> dict:
-        rows = sft_rows([row for i in ctx.inputs for row in ctx.rows(i.name, i.iteration)])
+        rows = sft_rows(records + replayed)
         save_rows(rows, out)
-        return {"rows": len(rows)}
+        return {"rows": len(rows), "selected_rows": len(records), "replayed_rows": len(replayed)}
 
     return write
 
@@ -83,7 +112,8 @@ def train(ctx: StageContext):
 
 
 def _said_rows(summary: dict) -> str:
-    return f"{summary['rows']} prompt-completion rows"
+    replayed = summary.get("replayed_rows")
+    return f"{summary['rows']} prompt-completion rows" + (f" ({replayed} replayed from the seed)" if replayed else "")
 
 
 def _said_train(summary: dict) -> str:
@@ -107,7 +137,14 @@ def write_card(adapter_dir: Path, k: int, config, stats: dict[str, Any]) -> None
 SFT_DATA = Stage(
     name="train",
     command="sft-data",
-    reads=("loop.update",),
+    reads=(
+        "loop.update",
+        "loop.replay_seed",  # with what it reads: the seed for the draw, and the generator's tokenizer and budget
+        "loop.seed",
+        *TOKENIZER_FIELDS,
+        "generation.max_new_tokens",
+        "generation.min_turns",
+    ),
     work=sft_data,
     inputs=_data_inputs,
     per_iteration=True,
