@@ -79,3 +79,18 @@ def test_sft_data_stage_adds_the_replayed_rows_to_the_selection(demo_run, tmp_pa
     seed = {row["pair_id"]: row for row in load(copy / "seed")}
     for row in replayed:  # the zero-shot prompt for that seed conversation's own users
         assert all(attribute in row["prompt"][0]["content"] for attribute in seed[row["pair_id"]]["user2_persona"])
+
+
+def test_a_seed_too_small_for_the_replay_is_a_warning(demo_run, tmp_path, caplog):
+    import logging
+
+    _, run = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    args = ["sft-data", "--run_dir", str(copy), "--iteration", "0", "--loop.replay_seed", "1000"]
+    with caplog.at_level(logging.WARNING, logger="spc_train"):
+        assert main(args) == 0
+    found = read_stage(copy / "iter-00" / "train")["replayed_rows"]
+    assert 0 < found < 1000
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"seed replay found {found} of the 1000" in w and "A larger seed" in w for w in warnings), warnings

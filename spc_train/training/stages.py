@@ -48,8 +48,9 @@ def sft_data(ctx: StageContext):
         )
         if len(replayed) < config.loop.replay_seed:
             logger.warning(
-                "Iteration %d: seed replay found %d of the %d conversations asked for (loop.replay_seed) outside the "
-                "run's pairs with %d turns within generation.max_new_tokens; a larger seed may help.",
+                "Iteration %d: seed replay found %d of the %d conversations asked for (loop.replay_seed): seed "
+                "conversations outside the run's pairs with %d turns (generation.min_turns) or more within "
+                "generation.max_new_tokens. A larger seed, or fewer pairs, may help.",
                 k,
                 len(replayed),
                 config.loop.replay_seed,
