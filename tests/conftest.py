@@ -109,3 +109,13 @@ def demo_run(tiny_models, tmp_path_factory):
     run_dir = root / "run"
     assert main(["loop", "--config", str(recipe), "--run_dir", str(run_dir)]) == 0
     return recipe, run_dir
+
+
+def copy_run(demo_run, tmp_path) -> Path:
+    """A copy of the session's demo run for a test that changes it."""
+    import shutil
+
+    _, run_dir = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy

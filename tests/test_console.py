@@ -10,17 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import copy_run
+
 from spc_train.cli import main
 from spc_train.runs import load_rows
 
 SPC_TRAIN = Path(sys.executable).with_name("spc-train")  # the console script of the environment the tests run in
-
-
-def _copy(demo_run, tmp_path) -> Path:
-    _, run_dir = demo_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    return copy
 
 
 def _train_again(copy: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -36,7 +31,7 @@ def _train_again(copy: Path, *flags: str) -> subprocess.CompletedProcess:
 
 
 def test_a_stage_is_two_lines_without_verbose_and_shows_the_libraries_with_it(demo_run, tmp_path):
-    copy = _copy(demo_run, tmp_path)
+    copy = copy_run(demo_run, tmp_path)
     quiet = _train_again(copy)
     assert quiet.returncode == 0, quiet.stderr
     lines = (quiet.stdout + quiet.stderr).splitlines()
@@ -56,7 +51,7 @@ def test_a_stage_is_two_lines_without_verbose_and_shows_the_libraries_with_it(de
 def test_what_a_user_must_act_on_is_a_warning_that_says_what_to_do(demo_run, tmp_path, caplog, monkeypatch):
     from spc_train.model_roles import Models
 
-    copy = _copy(demo_run, tmp_path)
+    copy = copy_run(demo_run, tmp_path)
     run = ["--run_dir", str(copy)]
     with caplog.at_level(logging.WARNING, logger="spc_train"):
         # Eight new tokens are no conversation of both users.
@@ -70,7 +65,7 @@ def test_what_a_user_must_act_on_is_a_warning_that_says_what_to_do(demo_run, tmp
 
 
 def test_a_tiny_selection_is_a_warning(demo_run, tmp_path, caplog):
-    copy = _copy(demo_run, tmp_path)
+    copy = copy_run(demo_run, tmp_path)
     critiques = [row for row in load_rows(copy / "iter-00" / "critiques") if row["parsed"]]
     # A toxicity threshold just above the least toxic pair's best candidate: one pair of six passes.
     best = sorted(
@@ -91,7 +86,7 @@ def test_a_tiny_selection_is_a_warning(demo_run, tmp_path, caplog):
 
 
 def test_training_many_epochs_over_a_small_selection_is_a_warning(demo_run, tmp_path, caplog):
-    copy = _copy(demo_run, tmp_path)
+    copy = copy_run(demo_run, tmp_path)
     shutil.rmtree(copy / "iter-01" / "adapter")
     epochs = ["--training.max_steps", "-1", "--training.num_train_epochs", "11"]  # iteration 0's adapter too:
     with caplog.at_level(logging.WARNING, logger="spc_train"):  # its descendants are stale, used as they are

@@ -1,7 +1,7 @@
 """Seed replay (`loop.replay_seed`): real conversations join an iteration's SFT rows, cut to what the generator may
 write, never one of the run's pairs; the selection's rows stay as they were."""
 
-import shutil
+from conftest import copy_run
 
 from spc_train.cli import main
 from spc_train.configs import GeneratorConfig, parse_recipe
@@ -59,9 +59,8 @@ def test_replay_draws_seed_conversations_outside_the_pairs_reproducibly(tiny_mod
 
 
 def test_sft_data_stage_adds_the_replayed_rows_to_the_selection(demo_run, tmp_path):
-    recipe, run = demo_run
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    recipe, _ = demo_run
+    copy = copy_run(demo_run, tmp_path)
     selected = load(copy / "iter-00" / "train")
     args = ["sft-data", "--run_dir", str(copy), "--iteration", "0", "--loop.replay_seed", "3"]
     assert main(args) == 0
@@ -84,9 +83,7 @@ def test_sft_data_stage_adds_the_replayed_rows_to_the_selection(demo_run, tmp_pa
 def test_a_seed_too_small_for_the_replay_is_a_warning(demo_run, tmp_path, caplog):
     import logging
 
-    _, run = demo_run
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = copy_run(demo_run, tmp_path)
     args = ["sft-data", "--run_dir", str(copy), "--iteration", "0", "--loop.replay_seed", "1000"]
     with caplog.at_level(logging.WARNING, logger="spc_train"):
         assert main(args) == 0
