@@ -75,6 +75,17 @@ def parse_conversation(text: str) -> ParsedConversation:
     return parsed
 
 
+def too_short(turns: list[dict], min_turns: int) -> str | None:
+    """Why `turns` is not a conversation to select or train on (no turn, one speaker, under `min_turns`), or None."""
+    if not turns:
+        return "no_turns"
+    if len({turn["speaker"] for turn in turns}) < 2:
+        return f"one_speaker: only user {turns[0]['speaker']}"
+    if len(turns) < min_turns:
+        return f"too_few_turns: {len(turns)} < {min_turns}"
+    return None
+
+
 def format_conversation(turns: list[dict]) -> str:
     """The SPC cell format: one `User N: text` line per turn, joined with LF."""
     return "\n".join(f"User {turn['speaker']}: {turn['text']}" for turn in turns)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..configs import TRUNCATED_CANDIDATES
 from ..console import progress
-from ..data.conversation import parse_conversation
+from ..data.conversation import parse_conversation, too_short
 from ..data.prompts import generator_prompt, render
 from ..runs import pending_shards, shard_path, write_shard
 from .continuous import sample_conversations_continuous
@@ -66,12 +66,7 @@ def parse_candidate(
     reason = reject_reason(parsed)  # what the model wrote, before any unfinished turn is dropped: a loop is a loop
     if not reason and cut and truncated == "reject":
         reason = "truncated: stopped at max_new_tokens"
-    if not reason and not turns:
-        reason = "no_turns"
-    if not reason and len({turn["speaker"] for turn in turns}) < 2:
-        reason = f"one_speaker: only user {turns[0]['speaker']}"
-    if not reason and len(turns) < min_turns:
-        reason = f"too_few_turns: {len(turns)} < {min_turns}"
+    reason = reason or too_short(turns, min_turns) or ""
     return {
         "turns": turns,
         "parsed": not reason,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from ..data.conversation import format_conversation
+from ..data.conversation import format_conversation, too_short
 from ..data.prompts import as_messages, generator_prompt
 
 
@@ -41,7 +41,8 @@ def replay_records(
     seed: list[dict], pairs: list[dict], count: int, *, tokenizer, max_new_tokens: int, min_turns: int, rng_seed: str
 ) -> list[dict]:
     """`count` seed conversations drawn by `rng_seed`, never one of the run's pairs (whose conversations the loop
-    generates and measures), each cut to fit `max_new_tokens`; one left with under `min_turns` turns is passed over."""
+    generates and measures), each cut to fit `max_new_tokens`; one left too short to parse (`too_short`) is passed
+    over."""
     taken = {pair["pair_id"] for pair in pairs}
     others = [record for record in seed if record["pair_id"] not in taken]
     random.Random(rng_seed).shuffle(others)
@@ -50,6 +51,6 @@ def replay_records(
         if len(records) == count:
             break
         turns = fit_turns(tokenizer, record["turns"], max_new_tokens)
-        if len(turns) >= min_turns and len({turn["speaker"] for turn in turns}) == 2:
+        if not too_short(turns, min_turns):
             records.append({**record, "turns": turns, "source": f"replay:{record.get('source') or 'seed'}"})
     return records
