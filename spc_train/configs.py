@@ -537,6 +537,14 @@ class LoopConfig(_Checked):
             "(docs/real-models.md). 0: the selection only, as the paper."
         },
     )
+    replay_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens a replayed conversation is cut to, its end-of-turn token included (at most "
+            "generation.max_new_tokens, the default). Sampled lengths spread around the trained ones: targets that "
+            "fill the budget teach the generator conversations that often run past it and never end."
+        },
+    )
     tiny_models_dir: str | None = field(
         default=None, metadata={"help": "Build the tiny offline models here on first use (the CPU demo)."}
     )
@@ -567,6 +575,7 @@ class LoopConfig(_Checked):
             "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
             "update": one_of(("continue", "fresh")),
             "replay_seed": AT_LEAST_0,
+            "replay_max_tokens": optional(AT_LEAST_1, "generation.max_new_tokens"),
             "on_blind_judge": one_of(("warn", "stop")),
             "report_to": (
                 lambda v: all(name in TRACKER_CHOICES for name in v) and ("none" not in v or len(v) == 1),

@@ -33,6 +33,12 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
     check_spec(recipe.model, "generator")
     check_spec(recipe.judge_spec(), "judge")
     check_hardware(recipe)
+    if (recipe.loop.replay_max_tokens or 0) > recipe.generation.max_new_tokens:
+        raise RecipeError(
+            f"loop.replay_max_tokens ({recipe.loop.replay_max_tokens}) is above generation.max_new_tokens "
+            f"({recipe.generation.max_new_tokens}): the generator could not write such a replayed conversation. "
+            "Lower it, or leave it unset for max_new_tokens."
+        )
     toxicity_used = "toxicity" in recipe.critic.experts or "toxicity" in recipe.evaluation.measurements
     if recipe.critic.toxicity_model and toxicity_used:  # the critic's filter, and the evaluation's rate
         check_available(recipe.critic.toxicity_model, "toxicity classifier")

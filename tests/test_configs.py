@@ -210,6 +210,7 @@ BAD_VALUES = {
     "loop.update": ["restart"],
     "loop.grow_pool": [3],
     "loop.replay_seed": [-1, 2.5],
+    "loop.replay_max_tokens": [0, 2.5],
     "loop.tiny_models_dir": [3],
     "loop.on_blind_judge": ["ignore"],
     "loop.report_to": [["tensorbord"], ["none", "wandb"], 3],

@@ -137,6 +137,7 @@ def test_an_empty_selection_stops_the_loop_in_one_line(demo_run, tmp_path, capsy
         ["--critic.faithfulness_threshold", "-0.5"],
         ["--generation.top_p", "1.5"],
         ["--loop.iterations", "0"],
+        ["--loop.replay_max_tokens", "100000"],  # above generation.max_new_tokens: a value of the recipe's own
     ],
 )
 def test_check_names_a_bad_value_in_one_line(tiny_models, tmp_path, capsys, override):

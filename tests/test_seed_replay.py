@@ -80,6 +80,22 @@ def test_sft_data_stage_adds_the_replayed_rows_to_the_selection(demo_run, tmp_pa
         assert all(attribute in row["prompt"][0]["content"] for attribute in seed[row["pair_id"]]["user2_persona"])
 
 
+def test_replay_max_tokens_cuts_the_replayed_conversations_shorter(demo_run, tmp_path):
+    recipe, _ = demo_run
+    copy = copy_run(demo_run, tmp_path)
+    tokenizer = load_tokenizer(parse_recipe(recipe).model)
+    args = ["sft-data", "--run_dir", str(copy), "--iteration", "0", "--loop.replay_seed", "4"]
+
+    def replayed_lengths():
+        rows = [row for row in load(copy / "iter-00" / "train") if row["source"].startswith("replay:")]
+        return [token_count(tokenizer, parse_conversation(row["completion"][0]["content"]).turns) for row in rows]
+
+    assert main(args) == 0
+    assert max(replayed_lengths()) >= 48  # within the demo's max_new_tokens (96), past the budget below
+    assert main([*args, "--loop.replay_max_tokens", "48"]) == 0  # a value the stage reads: it runs again
+    assert replayed_lengths() and max(replayed_lengths()) < 48
+
+
 def test_a_seed_too_small_for_the_replay_is_a_warning(demo_run, tmp_path, caplog):
     import logging
 

@@ -42,7 +42,7 @@ def sft_data(ctx: StageContext):
             ctx.rows("pairs"),
             config.loop.replay_seed,
             tokenizer=load_tokenizer(config.model),
-            max_new_tokens=config.generation.max_new_tokens,
+            max_new_tokens=config.loop.replay_max_tokens or config.generation.max_new_tokens,
             min_turns=config.generation.min_turns,
             rng_seed=f"{config.loop.seed}-{k}-replay",
         )
@@ -50,7 +50,7 @@ def sft_data(ctx: StageContext):
             logger.warning(
                 "Iteration %d: seed replay found %d of the %d conversations asked for (loop.replay_seed): seed "
                 "conversations outside the run's pairs with %d turns (generation.min_turns) or more within "
-                "generation.max_new_tokens. A larger seed, or fewer pairs, may help.",
+                "loop.replay_max_tokens (or generation.max_new_tokens). A larger seed, or fewer pairs, may help.",
                 k,
                 len(replayed),
                 config.loop.replay_seed,
@@ -141,6 +141,7 @@ SFT_DATA = Stage(
     reads=(
         "loop.update",
         "loop.replay_seed",  # with what it reads: the seed for the draw, and the generator's tokenizer and budget
+        "loop.replay_max_tokens",
         "loop.seed",
         *TOKENIZER_FIELDS,
         "generation.max_new_tokens",
