@@ -303,7 +303,8 @@ def _as_dense(model) -> None:
 
 
 def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool = False):
-    """A causal LM on this process's device; `adapter` (or `spec.adapter`) is loaded on top with PEFT."""
+    """A causal LM on this process's device; `adapter` (or `spec.adapter`) is loaded on top with PEFT, and merged
+    into the weights unless it is to be trained or the base is quantized."""
     from transformers import AutoModelForCausalLM
 
     model = _from_pretrained(AutoModelForCausalLM, spec, "generator")
@@ -313,6 +314,11 @@ def load_causal_lm(spec: ModelSpec, adapter: str | None = None, trainable: bool 
 
         check_available(adapter, "adapter")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        if not trainable and getattr(model.get_base_model(), "hf_quantizer", None) is None:
+            # Frozen, the adapter is folded into the base weights: the same function with one matmul per adapted
+            # layer instead of three (SmolLM2 on a CPU generated 13% faster, BENCHMARKS.md). A quantized base keeps
+            # it apart, as merging would round it into 4 or 8 bits.
+            model = model.merge_and_unload()
     if not trainable:
         model.eval()
     return model

@@ -182,7 +182,7 @@ def test_one_lora_step_on_the_gguf_base_changes_the_logits(spec, loaded, tmp_pat
     assert config["base_model_name_or_path"] == str(Path(spec.name_or_path).resolve())  # the folder; gguf_file: recipe
 
     adapted = load_causal_lm(spec, adapter=str(adapter))
-    assert type(adapted).__name__ == "PeftModelForCausalLM" and not adapted.training
+    assert type(adapted) is type(base) and not adapted.training  # merged for inference: a plain model again
     ids = tokenizer("User 1: I have two dogs.\nUser 2:", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before, after = base(ids).logits, adapted(ids).logits

@@ -68,3 +68,17 @@ def test_qlora_trains_on_a_4bit_base_changes_outputs_and_continues(tiny_models, 
     continued = lora_weights(tmp_path / "adapter-2")
     assert continued.keys() == trained.keys()
     assert any(not torch.equal(continued[k], trained[k]) for k in trained)  # it trained on from adapter-1
+
+
+def test_an_adapter_loaded_for_inference_is_merged_into_the_weights(tiny_models, tmp_path):
+    from peft import PeftModel
+
+    spec = GeneratorConfig(name_or_path=str(tiny_models / "generator"), dtype="float32", lora_r=4)
+    train_adapter(ROWS, spec, sft_args(tmp_path / "ckpt"), tmp_path / "adapter")
+    merged = load_causal_lm(spec, adapter=str(tmp_path / "adapter"))
+    assert not isinstance(merged, PeftModel) and not any("lora" in name for name, _ in merged.named_parameters())
+    unmerged = PeftModel.from_pretrained(load_causal_lm(spec), str(tmp_path / "adapter")).eval()
+    ids = load_tokenizer(spec)("User 1 Profile: I have 3 cats.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, unmerged(ids).logits, atol=1e-5)  # the same function
+        assert not torch.allclose(merged(ids).logits, load_causal_lm(spec)(ids).logits, atol=1e-4)
