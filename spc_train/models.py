@@ -3,7 +3,8 @@
 Hub ids and local folders go through the same `from_pretrained` calls. `check_available` runs before any work starts,
 so a missing model fails in a second with its path or id and the offline setting, not an hour into a run. A GGUF
 checkpoint (`gguf_file`) is dequantized into an ordinary dense model (float32 on CPU), so LoRA trains on it and its
-adapters save and load as usual; its identity is the sha256 of the .gguf file.
+adapters save and load as usual; its identity is the sha256 of the .gguf file. The dequantized model is cached
+(`gguf_dense.py`): later loads read a safetensors folder instead of parsing the .gguf again.
 """
 
 from __future__ import annotations
@@ -261,10 +262,10 @@ def _common_kwargs(spec: ModelSpec) -> dict[str, Any]:
     return kwargs
 
 
-def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
+def _tokenizer_from_source(spec: ModelSpec):
+    """The tokenizer as its checkpoint holds it: a folder, a Hub repo or a .gguf file's metadata."""
     from transformers import AutoTokenizer
 
-    check_spec(spec, "tokenizer")
     gguf = {"gguf_file": _gguf_argument(spec)} if spec.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
         spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **gguf
@@ -272,18 +273,57 @@ def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
     path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision) if spec.gguf_file else None
     if path and tokenizer.model_max_length > 1e12:  # a tokenizer converted from GGUF knows no length (1e30)
         tokenizer.model_max_length = gguf_context_length(path) or tokenizer.model_max_length
+    return tokenizer
+
+
+def load_tokenizer(spec: ModelSpec, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    check_spec(spec, "tokenizer")
+    dense = _dense_gguf_copy(spec)
+    tokenizer = AutoTokenizer.from_pretrained(dense) if dense else _tokenizer_from_source(spec)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def _dense_gguf_copy(spec: ModelSpec) -> Path | None:
+    """The cached dense copy of a GGUF spec's file (`gguf_dense.py`), made now from the .gguf if it is missing;
+    None for a spec without a local .gguf file, or when the cache is off or cannot be written."""
+    from transformers import AutoModelForCausalLM
+
+    from .gguf_dense import cache_root, cached_copy, save_copy
+
+    path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision) if spec.gguf_file else None
+    if path is None or cache_root() is None:
+        return None
+    dtype = _common_kwargs(spec)["dtype"]
+    folder = cached_copy(path, dtype)
+    if folder is None:
+        logger.info("Dequantizing %s once into the dense-copy cache.", path.name)
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        _as_dense(model)
+        folder = save_copy(path, dtype, model, _tokenizer_from_source(spec))
+    return folder
+
+
 def _from_pretrained(auto_class, spec: ModelSpec, role: str):
     """Any Auto class through the same checks, dtype / attention / 4-bit handling and device placement."""
+    from transformers import AutoModelForCausalLM
+
     check_spec(spec, role)
-    model = auto_class.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
-    if spec.gguf_file:
-        _as_dense(model)
+    dense = _dense_gguf_copy(spec) if auto_class is AutoModelForCausalLM else None
+    if dense:
+        kwargs = {
+            k: v for k, v in _common_kwargs(spec).items() if k not in ("gguf_file", "quantization_config", "revision")
+        }
+        model = auto_class.from_pretrained(dense, **kwargs)
+        model.config._name_or_path = spec.name_or_path  # as loaded from the .gguf: its folder, not the cache's
+    else:
+        model = auto_class.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        if spec.gguf_file:
+            _as_dense(model)
     if not spec.load_in_4bit:  # 4-bit weights are placed by their device_map
         model.to(device())
     return model

@@ -194,3 +194,35 @@ def test_gguf_identity_is_the_file_sha256(tmp_path):
     assert spec_identity(ModelSpec(name_or_path=str(tmp_path), gguf_file="m.gguf"))["model"] == first
     write_gguf(path, context=128)
     assert identity(str(tmp_path), gguf_file="m.gguf")["sha256"] != first["sha256"]
+
+
+def test_a_dense_copy_is_whole_or_absent(tiny_models, tmp_path, monkeypatch):
+    """The dense-copy cache of a GGUF file: a save that fails halfway (a full disk) leaves nothing that a later load
+    would read, a finished one is found by the file's hash, and SPC_TRAIN_GGUF_CACHE=0 turns it off."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spc_train.gguf_dense import cached_copy, save_copy
+
+    path = write_gguf(tmp_path / "m.gguf")  # the copy is named by this file's sha256
+    model = AutoModelForCausalLM.from_pretrained(tiny_models / "generator")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "generator")
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(tmp_path / "cache"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(type(tokenizer), "save_pretrained", disk_full)
+        assert save_copy(path, torch.float32, model, tokenizer) is None
+    assert cached_copy(path, torch.float32) is None and not any((tmp_path / "cache").iterdir())
+
+    folder = save_copy(path, torch.float32, model, tokenizer)
+    assert folder is not None and cached_copy(path, torch.float32) == folder
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]
+    assert cached_copy(path, torch.bfloat16) is None  # another dtype is another copy
+    write_gguf(path, context=128)
+    assert cached_copy(path, torch.float32) is None  # another file is another copy
+
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", "0")
+    assert cached_copy(path, torch.float32) is None and save_copy(path, torch.float32, model, tokenizer) is None

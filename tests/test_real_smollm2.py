@@ -68,12 +68,47 @@ def test_loads_from_gguf_as_a_dense_llama(spec, loaded):
     tokenizer, model = loaded
     assert type(model).__name__ == "LlamaForCausalLM" and not model.training
     assert model.dtype == torch.float32  # dtype auto on CPU: GGUF is dequantized to float32
-    assert model.hf_quantizer is None and not hasattr(model.config, "quantization_config")  # an ordinary model
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")  # dense
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>" and tokenizer.padding_side == "left"
     # the converted tokenizer has no length of its own (1e30): the context comes from the GGUF header / config
     assert tokenizer.model_max_length == model.config.max_position_embeddings == 8192
     assert model.config.vocab_size == len(tokenizer)
+
+
+def test_the_dense_copy_is_cached_once_and_loads_the_same_model(spec, tmp_path, monkeypatch, caplog):
+    from transformers import modeling_gguf_pytorch_utils
+
+    from spc_train.gguf_dense import COMPLETE
+    from spc_train.models import load_causal_lm, load_tokenizer
+
+    (tmp_path / "a-file").write_text("")  # a cache that cannot be written: it loads from the .gguf, and says so
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(tmp_path / "a-file" / "cache"))
+    direct_tokenizer, direct = load_tokenizer(spec), load_causal_lm(spec)
+    assert "Could not cache the dense copy" in caplog.text
+
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(tmp_path / "cache"))
+    load_causal_lm(spec)  # writes the copy
+    (copy,) = (tmp_path / "cache").iterdir()
+    assert (copy / COMPLETE).is_file() and (copy / "model.safetensors").is_file()
+
+    def parsed_again(*args, **kwargs):
+        raise AssertionError("the .gguf file was parsed again")
+
+    monkeypatch.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint", parsed_again)
+    tokenizer, model = load_tokenizer(spec), load_causal_lm(spec)
+    messages = [{"role": "user", "content": "User 1 Profile: I have two dogs. Write a conversation."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == direct_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, direct_tokenizer(text, return_tensors="pt")["input_ids"])
+    assert (tokenizer.model_max_length, tokenizer.pad_token) == (
+        direct_tokenizer.model_max_length,
+        direct_tokenizer.pad_token,
+    )
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct(ids).logits)
+    assert model.config._name_or_path == spec.name_or_path and model.dtype == direct.dtype == torch.float32
 
 
 def test_generator_prompt_samples_and_parses(loaded):

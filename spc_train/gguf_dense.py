@@ -1,0 +1,98 @@
+"""GGUF checkpoints dequantized once: a dense transformers folder per .gguf file, kept in a cache.
+
+transformers reads a .gguf file by parsing all of its metadata (the tokenizer's vocabulary and merges, field by field)
+once for the config and again for the weights, then maps the tensor names one tensor at a time: on 2 CPU cores that is
+23 s for SmolLM2-135M's model and 7 s for its tokenizer, paid by every stage that loads them (the SmolLM2 recipe loads
+the model 8 times and the tokenizer 12). The dequantized model is an ordinary dense model, so the first load saves it
+(safetensors, config, generation config, tokenizer) and every later load reads that folder in about a second.
+
+The folder is named by the .gguf file's sha256 (the run's identity of the model), the dtype and the transformers
+version that dequantized it, under `SPC_TRAIN_GGUF_CACHE` (default `$HF_HOME/spc_train/gguf`); `SPC_TRAIN_GGUF_CACHE=0`
+turns the cache off. It is written to a temporary folder and renamed when complete, so a crash, a full disk or a second
+process never leaves a half folder to be read; when it cannot be written, the model loads from the .gguf as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+COMPLETE = "spc_train_gguf.json"  # written last, in the temporary folder: its presence means the copy is whole
+OFF = ("0", "off", "false", "no")
+
+
+def cache_root() -> Path | None:
+    """Where dense copies live, or None when `SPC_TRAIN_GGUF_CACHE` turns the cache off."""
+    setting = os.environ.get("SPC_TRAIN_GGUF_CACHE", "")
+    if setting.lower() in OFF:
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(home).expanduser() / "spc_train" / "gguf"
+
+
+def copy_name(sha256: str, dtype) -> str:
+    import transformers
+
+    return f"{sha256[:24]}-{str(dtype).removeprefix('torch.')}-transformers-{transformers.__version__}"
+
+
+def cached_copy(path: Path, dtype) -> Path | None:
+    """The dense copy of the .gguf file at `path` in `dtype`, if a complete one is in the cache."""
+    from .runs import file_sha256
+
+    root = cache_root()
+    if root is None:
+        return None
+    folder = root / copy_name(file_sha256(path), dtype)
+    return folder if (folder / COMPLETE).is_file() else None
+
+
+def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
+    """Save a model and tokenizer just loaded from the .gguf file at `path` as its dense copy; None (and the reason
+    in the log) when the cache is off or the copy cannot be written."""
+    import json
+
+    from .runs import file_sha256
+
+    root = cache_root()
+    if root is None:
+        return None
+    sha256 = file_sha256(path)
+    folder = root / copy_name(sha256, dtype)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(root).free < 2 * size:
+            logger.info(
+                "Not caching the dense copy of %s: %.1f GB free in %s.",
+                path.name,
+                shutil.disk_usage(root).free / 1e9,
+                root,
+            )
+            return None
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / COMPLETE).write_text(json.dumps({"gguf_file": str(path), "sha256": sha256}, indent=2) + "\n")
+        try:
+            partial.rename(folder)
+        except OSError:  # another process finished the same copy first: theirs is as good
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.warning(
+            "Could not cache the dense copy of %s in %s (%s): it loads from the .gguf file each time.",
+            path.name,
+            root,
+            error,
+        )
+        return None
+    logger.info("Cached the dequantized %s in %s (set SPC_TRAIN_GGUF_CACHE=0 to turn this off).", path.name, folder)
+    return folder
