@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETE = "spc_train_gguf.json"  # written last, in the temporary folder: its presence means the copy is whole
 OFF = ("0", "off", "false", "no")
+_UNWRITABLE: set[Path] = set()  # copies that could not be written: not tried again by this process
 
 
 def cache_root() -> Path | None:
@@ -53,6 +54,15 @@ def cached_copy(path: Path, dtype) -> Path | None:
     return folder if (folder / COMPLETE).is_file() else None
 
 
+def worth_writing(path: Path, dtype) -> bool:
+    """Whether a missing copy should be made now: the cache is on and this process has not failed to write it (each
+    attempt loads the .gguf once more)."""
+    from .runs import file_sha256
+
+    root = cache_root()
+    return root is not None and root / copy_name(file_sha256(path), dtype) not in _UNWRITABLE
+
+
 def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
     """Save a model and tokenizer just loaded from the .gguf file at `path` as its dense copy; None (and the reason
     in the log) when the cache is off or the copy cannot be written."""
@@ -70,13 +80,7 @@ def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(root).free < 2 * size:
-            logger.info(
-                "Not caching the dense copy of %s: %.1f GB free in %s.",
-                path.name,
-                shutil.disk_usage(root).free / 1e9,
-                root,
-            )
-            return None
+            raise OSError(f"{shutil.disk_usage(root).free / 1e9:.1f} GB free, {2 * size / 1e9:.1f} GB wanted")
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -87,8 +91,10 @@ def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
             shutil.rmtree(partial, ignore_errors=True)
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
+        _UNWRITABLE.add(folder)
         logger.warning(
-            "Could not cache the dense copy of %s in %s (%s): it loads from the .gguf file each time.",
+            "Could not cache the dense copy of %s in %s (%s): it loads from the .gguf file each time; set "
+            "SPC_TRAIN_GGUF_CACHE to a writable folder with room for it.",
             path.name,
             root,
             error,

@@ -293,14 +293,14 @@ def _dense_gguf_copy(spec: ModelSpec) -> Path | None:
     None for a spec without a local .gguf file, or when the cache is off or cannot be written."""
     from transformers import AutoModelForCausalLM
 
-    from .gguf_dense import cache_root, cached_copy, save_copy
+    from .gguf_dense import cached_copy, save_copy, worth_writing
 
     path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision) if spec.gguf_file else None
-    if path is None or cache_root() is None:
+    if path is None:
         return None
     dtype = _common_kwargs(spec)["dtype"]
     folder = cached_copy(path, dtype)
-    if folder is None:
+    if folder is None and worth_writing(path, dtype):
         logger.info("Dequantizing %s once into the dense-copy cache.", path.name)
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
         _as_dense(model)

@@ -202,7 +202,7 @@ def test_a_dense_copy_is_whole_or_absent(tiny_models, tmp_path, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spc_train.gguf_dense import cached_copy, save_copy
+    from spc_train.gguf_dense import cached_copy, save_copy, worth_writing
 
     path = write_gguf(tmp_path / "m.gguf")  # the copy is named by this file's sha256
     model = AutoModelForCausalLM.from_pretrained(tiny_models / "generator")
@@ -216,6 +216,7 @@ def test_a_dense_copy_is_whole_or_absent(tiny_models, tmp_path, monkeypatch):
         patched.setattr(type(tokenizer), "save_pretrained", disk_full)
         assert save_copy(path, torch.float32, model, tokenizer) is None
     assert cached_copy(path, torch.float32) is None and not any((tmp_path / "cache").iterdir())
+    assert not worth_writing(path, torch.float32)  # a failed copy is not tried again at every load
 
     folder = save_copy(path, torch.float32, model, tokenizer)
     assert folder is not None and cached_copy(path, torch.float32) == folder
