@@ -37,30 +37,30 @@ def cache_root() -> Path | None:
     return Path(home).expanduser() / "spc_train" / "gguf"
 
 
-def copy_name(sha256: str, dtype) -> str:
+def copy_folder(path: Path, dtype) -> Path | None:
+    """Where the dense copy of the .gguf file at `path` in `dtype` lives (or would), None when the cache is off."""
     import transformers
 
-    return f"{sha256[:24]}-{str(dtype).removeprefix('torch.')}-transformers-{transformers.__version__}"
-
-
-def cached_copy(path: Path, dtype) -> Path | None:
-    """The dense copy of the .gguf file at `path` in `dtype`, if a complete one is in the cache."""
     from .runs import file_sha256
 
     root = cache_root()
     if root is None:
         return None
-    folder = root / copy_name(file_sha256(path), dtype)
-    return folder if (folder / COMPLETE).is_file() else None
+    dtype_name = str(dtype).removeprefix("torch.")
+    return root / f"{file_sha256(path)[:24]}-{dtype_name}-transformers-{transformers.__version__}"
+
+
+def cached_copy(path: Path, dtype) -> Path | None:
+    """The dense copy of the .gguf file at `path` in `dtype`, if a complete one is in the cache."""
+    folder = copy_folder(path, dtype)
+    return folder if folder is not None and (folder / COMPLETE).is_file() else None
 
 
 def worth_writing(path: Path, dtype) -> bool:
     """Whether a missing copy should be made now: the cache is on and this process has not failed to write it (each
     attempt loads the .gguf once more)."""
-    from .runs import file_sha256
-
-    root = cache_root()
-    return root is not None and root / copy_name(file_sha256(path), dtype) not in _UNWRITABLE
+    folder = copy_folder(path, dtype)
+    return folder is not None and folder not in _UNWRITABLE
 
 
 def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
@@ -70,21 +70,23 @@ def save_copy(path: Path, dtype, model, tokenizer) -> Path | None:
 
     from .runs import file_sha256
 
-    root = cache_root()
-    if root is None:
+    folder = copy_folder(path, dtype)
+    if folder is None:
         return None
-    sha256 = file_sha256(path)
-    folder = root / copy_name(sha256, dtype)
+    root = folder.parent
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(root).free < 2 * size:
-            raise OSError(f"{shutil.disk_usage(root).free / 1e9:.1f} GB free, {2 * size / 1e9:.1f} GB wanted")
+        free = shutil.disk_usage(root).free
+        if free < 2 * size:
+            raise OSError(f"{free / 1e9:.1f} GB free, {2 * size / 1e9:.1f} GB wanted")
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        (partial / COMPLETE).write_text(json.dumps({"gguf_file": str(path), "sha256": sha256}, indent=2) + "\n")
+        (partial / COMPLETE).write_text(
+            json.dumps({"gguf_file": str(path), "sha256": file_sha256(path)}, indent=2) + "\n"
+        )
         try:
             partial.rename(folder)
         except OSError:  # another process finished the same copy first: theirs is as good

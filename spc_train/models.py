@@ -298,11 +298,12 @@ def _dense_gguf_copy(spec: ModelSpec) -> Path | None:
     path = gguf_path(spec.name_or_path, spec.gguf_file, spec.revision) if spec.gguf_file else None
     if path is None:
         return None
-    dtype = _common_kwargs(spec)["dtype"]
+    kwargs = _common_kwargs(spec)
+    dtype = kwargs["dtype"]
     folder = cached_copy(path, dtype)
     if folder is None and worth_writing(path, dtype):
         logger.info("Dequantizing %s once into the dense-copy cache.", path.name)
-        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
         _as_dense(model)
         folder = save_copy(path, dtype, model, _tokenizer_from_source(spec))
     return folder
