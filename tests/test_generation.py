@@ -723,6 +723,21 @@ def test_a_truncated_candidate_loses_its_unfinished_turn_before_min_turns_applie
     assert alone["turns"] == [] and alone["reject_reason"] == "no_turns"
 
 
+def test_a_cut_right_after_a_line_break_keeps_the_finished_last_turn(tok):
+    from spc_train.generation.engine import decode_sample
+
+    finished = "User 1: Hi! Do you like hiking?\nUser 2: I love it.\n"
+    sample = decode_sample(tok, tok(finished, add_special_tokens=False)["input_ids"], stop_ids=[])
+    assert sample.finish_reason == "length" and sample.ends_line and not sample.text.endswith("\n")
+    kept = parse_candidate(sample.text, 2, finish_reason=sample.finish_reason, ends_line=sample.ends_line)
+    assert [t["text"] for t in kept["turns"]] == ["Hi! Do you like hiking?", "I love it."]
+    assert kept["dropped_unfinished_turn"] is False and kept["parsed"] is True
+    mid_turn = decode_sample(tok, tok(finished + "User 1: Me t", add_special_tokens=False)["input_ids"], [])
+    assert not mid_turn.ends_line
+    cut = parse_candidate(mid_turn.text, 2, finish_reason=mid_turn.finish_reason, ends_line=mid_turn.ends_line)
+    assert len(cut["turns"]) == 2 and cut["dropped_unfinished_turn"] is True
+
+
 def test_generate_shards_applies_the_truncation_rule_and_passes_the_repetition_settings(tok, tmp_path, monkeypatch):
     from spc_train.generation import candidates
 

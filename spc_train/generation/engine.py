@@ -32,6 +32,9 @@ class Sample:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (end-of-turn token) or "length" (max_new_tokens reached)
+    # Whether the text ended with a line break before `text` was stripped: a cut that falls right after one leaves
+    # its last turn finished.
+    ends_line: bool = False
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -54,7 +57,9 @@ def decode_sample(tokenizer, tokens: list[int], stop_ids: list[int]) -> Sample:
     stop_at = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
     kept = tokens if stop_at is None else tokens[:stop_at]
     text = tokenizer.decode(kept, skip_special_tokens=True)
-    return Sample(text=text.strip(), num_tokens=len(kept), finish_reason="length" if stop_at is None else "stop")
+    finish_reason = "length" if stop_at is None else "stop"
+    ends_line = text.rstrip(" \t").endswith("\n")
+    return Sample(text=text.strip(), num_tokens=len(kept), finish_reason=finish_reason, ends_line=ends_line)
 
 
 def plan_batches(lengths: list[int], max_new_tokens: int, n: int, batch_tokens: int) -> list[list[int]]:
