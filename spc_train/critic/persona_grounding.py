@@ -1,57 +1,55 @@
-"""Persona grounding: how much each speaker's talk says about their OWN persona, above a chance baseline.
+"""Persona grounding: how much each speaker's talk says about their OWN persona, above chance, when it is talk.
 
 Faithfulness asks whether a conversation contradicts its profiles; a conversation that never mentions them passes.
 This expert asks the complement, per candidate alone, with the sentence embedder (cosine of unit embeddings). The unit
-of talk is a sentence of an utterance (split after . ! ?), so that what one sentence says cannot be diluted, or
-padded, by the rest of its utterance.
+is a sentence of an utterance (`recitation.sentences`), so that what one sentence says cannot be diluted, or padded,
+by the rest of its utterance. For speaker s:
 
-1. For speaker s, the credit of attribute a is the cosine of the sentence of s that grounds it, where each sentence
-   grounds at most one attribute and each attribute counts at most one sentence (the one-to-one assignment that
-   maximises the summed cosine; negative cosines count 0).
-2. Baseline: the same credit for the partner's attributes, over the same sentences of s, averaged over the
-   attributes that got a sentence. It is what a sentence of this talk earns for a profile that is not the speaker's
-   (chance, plus the partner's topics that s picks up), so a long or generic conversation gains nothing by being long
-   or generic.
-3. Attribute a scores clip((credit - baseline) / (COPY_SIMILARITY - baseline), 0, 1); a speaker scores the mean over
-   their attributes, a candidate the mean over its speakers with a persona. Range [0, 1], higher = better grounded:
-   0 is no better than the partner's profile, 1 is a paraphrase as close as a paraphrase may be.
+1. Each sentence of s is a statement, an echo or talk. A statement of attribute a recites it (`recitation.recites`:
+   a's whole wording, however framed, or most of its content words) or has a cosine to it of at least
+   `COPY_SIMILARITY` (0.9: "I'm a nurse." for "I work as a nurse."). An echo repeats an earlier sentence of the
+   conversation word for word (`recitation.echoes`: a parroted turn, the same filler again). The rest is talk.
+2. Baseline: the partner's attributes are assigned one-to-one to the talk of s (largest summed cosine); the baseline
+   is the mean cosine of those that got a sentence. It is what this talk earns for a profile that is not the
+   speaker's (chance, plus the partner's topics that s picks up), so being long or generic earns nothing.
+3. A sentence with cosine c to attribute a earns clip((min(c, 0.9) - baseline) / (0.9 - baseline), 0, 1); the
+   attributes of s are assigned one-to-one to the talk of s (largest summed credit).
+4. The statements of s together are worth one: the statement that gains most over the talk's credit of its attribute
+   adds that gain divided by the number of statements of s. Saying once, plainly, who one is belongs to a
+   conversation (SPC speakers do: "I'm a nurse."); every further statement makes each worth less.
+5. The score of s is the mean credit of their attributes times their talk share, the share of the words of s in talk
+   sentences: every recited or echoed word costs. A candidate scores the mean over its speakers with a persona.
+   Range [0, 1], higher = better grounded.
 
-Why copying does not pay: a sentence whose cosine to any attribute of either profile is at least `COPY_SIMILARITY`
-(0.9) is a near copy and earns nothing, for any attribute, so reciting the profile scores 0, also when the copies are
-pasted into longer utterances ("Hi! I'm a hair stylist. You?"), which a whole-utterance cosine would let pass. On SPC
-4.9% of utterances hold such a sentence ("I work in a factory.", "I'm a nurse."): stating an attribute as it is
-written costs no conversation, and it is exactly what this measure does not reward. One sentence that lists every
-attribute ("I bought a house, run a dog school and love sweets.") stays below the copy threshold against each single
-attribute, but the one-to-one assignment lets it ground only one of them: it adds at most 1 / |persona| to its
-speaker's score. Not caught: one paraphrase below 0.9 per attribute per sentence; that is grounding as an embedder
-sees it, and the FED policies judge whether it reads as conversation.
+Gaming loses (`spc_train.health.gaming`, each copy at the real conversation's word count): a framed recitation is all
+statements (talk share 0); a listing is statements, then repeated fillers, which are echoes; a speaker who parrots
+the partner says only echoes; a conversation cut short for a recitation keeps about half its talk share and gains a
+fraction of one statement. Statements are not worth nothing because on SPC they are much of the evidence: with talk
+alone, own personas beat swapped ones with an AUC of only 0.73-0.76 on the shipped sample. The price: one or two
+statements added to a conversation can still raise its score; reciting the profile lowers it.
 
-Measured on 50 SPC test conversations with all-MiniLM-L6-v2 (`docs/persona_grounding.md`): own personas beat another
-pair's on 92% of conversations, AUC 0.92; reciting the attributes scores 0.
+Measured with all-MiniLM-L6-v2 on the first 60 conversations of the shipped sample (`docs/persona_grounding.md`):
+the real conversation scores above each gamed copy on 97-100% of them, and own personas beat swapped ones with an
+AUC of 0.91-0.93 (derangement seeds 0-3).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import numpy as np
+
+from .recitation import echoes, recites, sentences
 
 Embed = Callable[[list[str]], np.ndarray]
 
 # A cosine at which a sentence restates an attribute rather than talks about it (all-MiniLM-L6-v2: "I am a nurse." /
 # "I'm a nurse." 0.95, "I love animals and have two dogs." / "I love animals, and I have two dogs." 0.99, while
-# "My favorite music is jazz." / "I love jazz." is 0.88).
+# "My favorite music is jazz." / "I love jazz." is 0.88), and the cosine of full credit.
 COPY_SIMILARITY = 0.9
-# The baseline when the partner has no persona (or s no sentence left): the mean baseline of 100 SPC conversations.
+# The baseline when the partner has no persona (or s no talk): the mean baseline of 100 SPC conversations.
 CHANCE_CREDIT = 0.4
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of an utterance, split after . ! or ? (an utterance without one is one sentence)."""
-    return [part for part in _SENTENCE_END.split(text.strip()) if part]
 
 
 def sentence_embed(model, batch_size: int = 128) -> Embed:
@@ -80,31 +78,48 @@ def matched_credit(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def speaker_grounding(
-    own: np.ndarray, partner: np.ndarray, units: np.ndarray, copy_similarity: float = COPY_SIMILARITY
+    own: np.ndarray,
+    partner: np.ndarray,
+    units: np.ndarray,
+    recited: np.ndarray,
+    echoed: np.ndarray,
+    lengths: np.ndarray,
+    copy_similarity: float = COPY_SIMILARITY,
 ) -> dict:
-    """One speaker's grounding from unit vectors of their attributes, the partner's, and their sentences (`units`):
-    `score` in [0, 1], per attribute `grounded` (in [0, 1]) and `column` (the sentence that earned a credit above 0,
-    else -1), the `baseline`, and which sentences are `copies`."""
-    own_similarity, partner_similarity = own @ units.T, partner @ units.T
-    copies = np.zeros(len(units), dtype=bool)
-    for similarity in (own_similarity, partner_similarity):
-        if similarity.size:
-            copies |= (similarity >= copy_similarity).any(axis=0)
-    kept = np.flatnonzero(~copies)
-    credit, column = matched_credit(own_similarity[:, kept])
-    partner_credit, partner_column = matched_credit(partner_similarity[:, kept])
+    """One speaker's grounding (steps 1-5 of the module docstring) from unit vectors of their attributes, the
+    partner's and their sentences (`units`), which sentence has `recited` which attribute (attributes x sentences,
+    the lexical rule), which sentences are `echoed`, and their `lengths` in words: `score` in [0, 1], per attribute
+    `grounded` (in [0, 1]), `column` (the sentence that earned it, -1 for none) and whether it was `stated`, the
+    `baseline`, the `talk_share`, and which sentences are `statements`."""
+    own_similarity = own @ units.T
+    states = (recited | (own_similarity >= copy_similarity)) & ~echoed[None, :]
+    statements = states.any(axis=0)
+    talk = np.flatnonzero(~(statements | echoed))
+    partner_credit, partner_column = matched_credit((partner @ units.T)[:, talk])
     assigned = partner_column >= 0
     baseline = float(partner_credit[assigned].mean()) if assigned.any() else CHANCE_CREDIT
-    grounded = np.clip((credit - baseline) / (copy_similarity - baseline), 0.0, 1.0)
-    earned = (column >= 0) & (grounded > 0)
-    credited = np.full(len(own), -1)
-    credited[earned] = kept[column[earned]]
+    ramp = np.clip((np.minimum(own_similarity, copy_similarity) - baseline) / (copy_similarity - baseline), 0.0, 1.0)
+    grounded, talk_column = matched_credit(ramp[:, talk])
+    column = np.full(len(own), -1)
+    column[talk_column >= 0] = talk[talk_column[talk_column >= 0]]
+    # The statements together are worth one: the best one's gain over the talk, shared among all of them.
+    said = np.where(states, ramp, 0.0)
+    gain = said.max(axis=1, initial=0.0) - grounded
+    stated = np.zeros(len(own), dtype=bool)
+    if len(own) and gain.max() > 0:
+        best = int(gain.argmax())
+        grounded[best] += gain[best] / statements.sum()
+        column[best], stated[best] = int(said[best].argmax()), True
+    column[grounded <= 0] = -1
+    talk_share = float(lengths[talk].sum() / lengths.sum()) if lengths.sum() else 0.0
     return {
-        "score": float(grounded.mean()),
+        "score": float(grounded.mean() * talk_share) if len(own) else 0.0,
         "grounded": grounded,
-        "column": credited,
+        "column": column,
         "baseline": baseline,
-        "copies": copies,
+        "talk_share": talk_share,
+        "statements": statements,
+        "stated": stated,
     }
 
 
@@ -114,10 +129,10 @@ class PersonaGroundingExpert:
     `kind` is the recipe's role: `filter` (selection keeps a candidate scoring at least `threshold`) or `vote` (one
     more vote beside the FED policies, for the survivor with the highest score). After `score`, `reasons[i]` lists,
     for every attribute of candidate i: the `speaker`, the `turn` and `utterance` of that speaker holding the
-    best-matching `sentence` and its raw cosine `similarity` (at least COPY_SIMILARITY: a copy, which earns nothing),
-    the turn whose sentence earned the credit (`credited_turn`, None when none did), the attribute's `credit` in
-    [0, 1], and the speaker's `baseline`. Unparsed candidates and those without turns or personas score NaN with
-    reason None, and embed nothing.
+    best-matching `sentence` and its raw cosine `similarity`, the turn whose sentence earned the credit
+    (`credited_turn`, None when none did), whether that sentence is the speaker's one credited statement (`stated`),
+    the attribute's `credit` in [0, 1], and the speaker's `baseline` and `talk_share`. Unparsed candidates and those
+    without turns or personas score NaN with reason None, and embed nothing.
     """
 
     def __init__(
@@ -155,37 +170,48 @@ class PersonaGroundingExpert:
         return dict(zip(texts, matrix))
 
     def _ground(self, candidate: dict, vectors: dict[str, np.ndarray]) -> tuple[float, list[dict]]:
+        units = [
+            (position, turn["speaker"], part)
+            for position, turn in enumerate(candidate["turns"])
+            for part in sentences(turn["text"])
+        ]
+        echoed = np.array(echoes([part for _, _, part in units]), dtype=bool)
         scores, reasons = [], []
         for speaker in (1, 2):
             own = _persona(candidate, speaker)
             if not own:
                 continue
-            units = [
-                (position, part)
-                for position, turn in enumerate(candidate["turns"])
-                if turn["speaker"] == speaker
-                for part in sentences(turn["text"])
-            ]
-            own_vectors, unit_vectors = _stack(own, vectors), _stack([part for _, part in units], vectors)
+            mine = [i for i, (_, who, _) in enumerate(units) if who == speaker]
+            texts = [units[i][2] for i in mine]
+            own_vectors, unit_vectors = _stack(own, vectors), _stack(texts, vectors)
+            recited = np.array([[recites(text, attribute) for text in texts] for attribute in own], dtype=bool)
             result = speaker_grounding(
-                own_vectors, _stack(_persona(candidate, 3 - speaker), vectors), unit_vectors, self.copy_similarity
+                own_vectors,
+                _stack(_persona(candidate, 3 - speaker), vectors),
+                unit_vectors,
+                recited,
+                echoed[mine],
+                np.array([len(text.split()) for text in texts]),
+                self.copy_similarity,
             )
             scores.append(result["score"])
             similarity = own_vectors @ unit_vectors.T
             for a, attribute in enumerate(own):
-                best = int(similarity[a].argmax()) if units else None
+                best = units[mine[int(similarity[a].argmax())]] if mine else None
                 column = int(result["column"][a])
                 reasons.append(
                     {
                         "speaker": speaker,
                         "attribute": attribute,
-                        "turn": units[best][0] if best is not None else None,
-                        "utterance": candidate["turns"][units[best][0]]["text"] if best is not None else None,
-                        "sentence": units[best][1] if best is not None else None,
-                        "similarity": round(float(similarity[a, best]), 6) if best is not None else None,
-                        "credited_turn": units[column][0] if column >= 0 else None,
+                        "turn": best[0] if best else None,
+                        "utterance": candidate["turns"][best[0]]["text"] if best else None,
+                        "sentence": best[2] if best else None,
+                        "similarity": round(float(similarity[a].max()), 6) if best else None,
+                        "credited_turn": units[mine[column]][0] if column >= 0 else None,
+                        "stated": bool(result["stated"][a]),
                         "credit": round(float(result["grounded"][a]), 6),
                         "baseline": round(result["baseline"], 6),
+                        "talk_share": round(result["talk_share"], 6),
                     }
                 )
         return float(np.mean(scores)), reasons
