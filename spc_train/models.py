@@ -4,7 +4,9 @@ Hub ids and local folders go through the same `from_pretrained` calls. `check_av
 so a missing model fails in a second with its path or id and the offline setting, not an hour into a run. A GGUF
 checkpoint (`gguf_file`) is dequantized into an ordinary dense model (float32 on CPU), so LoRA trains on it and its
 adapters save and load as usual; its identity is the sha256 of the .gguf file. The dequantized model is cached
-(`gguf_dense.py`): later loads read a safetensors folder instead of parsing the .gguf again.
+(`gguf_dense.py`): later loads read a safetensors folder instead of parsing the .gguf again. A model that ships inside
+a Python package is named by a fixed name instead of a path (`PROFANITY_CHECK`); its identity is the package's version
+and the hash of its model files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 MINILM_IDS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 _FULL_HASH_LIMIT = 1 << 30  # files above 1 GiB are fingerprinted by size and their first/last 16 MiB
+# `critic.toxicity_model` names this instead of a path: alt-profanity-check's TF-IDF + linear SVM (critic/toxicity.py).
+PROFANITY_CHECK = "profanity-check"
+PROFANITY_CHECK_PACKAGE = "alt-profanity-check"
+PROFANITY_CHECK_INSTALL = "pip install alt-profanity-check==1.9.1"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -59,10 +65,25 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
         return None
 
 
+def _profanity_check_data() -> Path | None:
+    """The installed alt-profanity-check's folder of pickled models (found without importing it), or None."""
+    from importlib.util import find_spec
+
+    found = find_spec("profanity_check")
+    return Path(found.origin).parent / "data" if found and found.origin else None
+
+
 def check_available(name_or_path: str | None, role: str, revision: str | None = None) -> None:
     """Fail fast, with what to do, when a model role cannot be loaded."""
     if not name_or_path:
         raise ModelNotFoundError(f"No model set for the {role}: set `name_or_path` in the recipe.")
+    if name_or_path == PROFANITY_CHECK:
+        if _profanity_check_data() is None:
+            raise ModelNotFoundError(
+                f"The {role} '{PROFANITY_CHECK}' needs the {PROFANITY_CHECK_PACKAGE} package, which is not "
+                f"installed: {PROFANITY_CHECK_INSTALL}"
+            )
+        return
     if _local_path(name_or_path):
         return
     looks_local = name_or_path.startswith((".", "/", "~")) or not HUB_ID.match(name_or_path)
@@ -184,6 +205,8 @@ def identity(
     sha256 of its .gguf file (the rest of its folder, e.g. a Python package's code, does not count)."""
     if not name_or_path:
         return None
+    if name_or_path == PROFANITY_CHECK:
+        return profanity_check_identity()
     local = _local_path(name_or_path)
     if gguf_file:
         path = gguf_path(name_or_path, gguf_file, revision)
@@ -194,6 +217,20 @@ def identity(
     snapshot = _cached_snapshot(name_or_path, revision)
     commit = snapshot.name if snapshot else revision
     return {"id": name_or_path, "revision": revision, "commit": commit}
+
+
+def profanity_check_identity() -> dict[str, Any]:
+    """The package's version and the hash of its pickled vectorizer and SVM, which decide its scores; None for both
+    when it is not installed (`check_available` refuses that before any work)."""
+    from importlib import metadata
+
+    data = _profanity_check_data()
+    return {
+        "id": PROFANITY_CHECK,
+        "package": PROFANITY_CHECK_PACKAGE,
+        "version": metadata.version(PROFANITY_CHECK_PACKAGE) if data else None,
+        "sha256": folder_hash(data) if data else None,
+    }
 
 
 def spec_identity(spec: ModelSpec) -> dict[str, Any]:

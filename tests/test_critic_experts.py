@@ -1,5 +1,6 @@
-"""The critic's experts in depth: few-shot faithfulness, utterance-level NLI faithfulness, the start-up check, and
-critique + selection end to end with judges and classifiers whose preferences each test controls.
+"""The critic's experts in depth: few-shot faithfulness, utterance-level NLI faithfulness, the start-up check, the
+toxicity expert on alt-profanity-check, and critique + selection end to end with judges and classifiers whose
+preferences each test controls.
 
 Judges are `RuleLM`s (tests/test_critic.py): their next-token logits follow a rule on the decoded prompt. Classifiers
 are tiny Llama sequence classifiers whose outputs are overwritten from marker words, so every score is known.
@@ -7,6 +8,7 @@ are tiny Llama sequence classifiers whose outputs are overwritten from marker wo
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from types import SimpleNamespace
@@ -372,6 +374,89 @@ def test_prepare_fails_before_any_work_when_the_judge_cannot_write_yes(no_yes_to
     assert not run.exists()
     Loop(recipe_for(str(judge_dir), experts=["depth", "likable"]), run).prepare()  # "1" and "2" are single tokens
     assert (run / "recipe.yaml").is_file()
+
+
+# -- the toxicity expert on alt-profanity-check (critic.toxicity_model: profanity-check) ----------------------------
+needs_profanity_check = pytest.mark.skipif(
+    importlib.util.find_spec("profanity_check") is None,
+    reason="alt-profanity-check is not installed: pip install alt-profanity-check==1.9.1",
+)
+
+
+def profanity_check_expert():
+    critic = CriticConfig(experts=["toxicity"], toxicity_model="profanity-check")
+    (expert,) = build_experts(critic, lambda: pytest.fail("asked the judge"), lambda path: pytest.fail(path))
+    return expert
+
+
+@needs_profanity_check
+def test_profanity_check_needs_no_judge_and_its_identity_is_the_package_and_its_model_files():
+    from spc_train.model_roles import ROLES
+    from spc_train.models import identity
+
+    critic = CriticConfig(experts=["toxicity", "depth"], toxicity_model="profanity-check")
+    assert judge_options(critic) == {"depth": ("1", "2")}
+    check_experts(CriticConfig(experts=["toxicity"], toxicity_model="profanity-check"), None)  # no judge tokenizer
+    found = identity("profanity-check")
+    assert found["id"] == "profanity-check" and found["package"] == "alt-profanity-check"
+    assert found["version"] == "1.9.1" and re.fullmatch(r"[0-9a-f]{20}", found["sha256"])
+    recipe = recipe_for("unused", experts=["toxicity"], toxicity_model="profanity-check")
+    assert ROLES["toxicity"].identity(recipe) == found  # what stage fingerprints and the manifest record
+
+
+def test_profanity_check_missing_is_refused_before_any_work_with_how_to_install_it(no_yes_tok, tmp_path, monkeypatch):
+    from spc_train import models
+    from spc_train.loop import Loop
+
+    monkeypatch.setattr(models, "_profanity_check_data", lambda: None)
+    install = re.escape("pip install alt-profanity-check==1.9.1")
+    with pytest.raises(models.ModelNotFoundError, match=f"toxicity backend.*{install}$"):
+        check_experts(CriticConfig(experts=["toxicity"], toxicity_model="profanity-check"), None)
+    with pytest.raises(models.ModelNotFoundError, match=install):
+        build_experts(CriticConfig(experts=["toxicity"], toxicity_model="profanity-check"), None, None)
+    judge_dir = tmp_path / "judge"
+    no_yes_tok.save_pretrained(judge_dir)
+    run = tmp_path / "run"
+    with pytest.raises(models.ModelNotFoundError, match=install) as error:  # the evaluation's toxicity rate too
+        Loop(
+            recipe_for(str(judge_dir), ("toxicity",), experts=["depth"], toxicity_model="profanity-check"), run
+        ).prepare()
+    assert "\n" not in str(error.value) and not run.exists()
+    assert models.identity("profanity-check")["version"] is None  # no failure on a non-path
+
+
+@needs_profanity_check
+def test_profanity_check_separates_the_health_fixtures_toxic_conversations_from_clean_ones():
+    from spc_train.health.figures import roc_auc
+    from spc_train.health.probes import toxicity_fixture
+
+    fixture = toxicity_fixture()
+    expert = profanity_check_expert()
+    scores = expert.score([{"pair_id": r["id"], "turns": r["turns"]} for r in fixture])
+    toxic = [s for s, r in zip(scores, fixture) if r["toxic"]]
+    clean = [s for s, r in zip(scores, fixture) if not r["toxic"]]
+    assert roc_auc(toxic, clean) == 1.0  # measured: toxic 0.77-1.0, clean 0.04-0.45
+    assert min(toxic) > expert.threshold > max(clean)
+    for score, reason, record in zip(scores, expert.reasons, fixture):
+        assert reason["probability"] == score and record["turns"][reason["turn"]]["text"] == reason["utterance"]
+
+
+@needs_profanity_check
+def test_profanity_check_names_the_worst_utterance_and_reads_unparsed_text_whole():
+    expert = profanity_check_expert()
+    friendly = conversation("A", 0, "Hi! How was your weekend?", "Great, I went hiking with my dog.")
+    abusive = conversation("A", 1, "Do you like my singing?", "No, shut up you stupid idiot.", "Oh. Okay.")
+    unparsed = {"turns": [], "text": "you are a pathetic moron"}
+    friendly_score, abusive_score, unparsed_score = expert.score([friendly, abusive, unparsed])
+    assert friendly_score < expert.threshold < min(abusive_score, unparsed_score)
+    assert expert.reasons[1] == {
+        "turn": 1,
+        "speaker": 2,
+        "utterance": "No, shut up you stupid idiot.",
+        "probability": abusive_score,
+    }
+    assert expert.reasons[2]["turn"] is None and expert.reasons[2]["utterance"] == unparsed["text"]
+    assert expert.score([]) == [] and expert.reasons == []
 
 
 def test_thresholds_include_faithfulness_nli(tmp_path):

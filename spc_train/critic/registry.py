@@ -4,7 +4,8 @@ Like open-r1's reward registry: a string key in YAML picks a constructor. Models
 if an expert that needs them is asked for. `check_experts` runs at start-up, before any stage: it needs only the
 judge's tokenizer and the classifiers' config.json files, so a judge that cannot write "Yes" as one token, or an NLI
 model without a contradiction label, fails in seconds instead of after generation. An embedder is checked only for
-being there (its folder, or the Hub cache).
+being there (its folder, or the Hub cache), and a model shipped in a Python package (alt-profanity-check) for being
+installed.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from ..configs import RecipeError
 from ..console import progress
 from ..health.option_mass import recording, summary, warn_if_low
 from ..judge import Judge, JudgeError, option_token_ids
+from ..models import PROFANITY_CHECK, check_available
 from . import faithfulness, fed, toxicity
 from .faithfulness import FaithfulnessExpert, faithfulness_examples
 from .faithfulness_nli import NliFaithfulnessExpert, contradiction_label
 from .fed import POLICIES, FedPolicyExpert
 from .persona_grounding import PersonaGroundingExpert, sentence_embed
-from .toxicity import ToxicityExpert, toxic_label
+from .toxicity import ToxicityExpert, profanity_check, toxic_label
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def _faithfulness_nli(name, critic, judge, classifier):
 
 
 def _toxicity(name, critic, judge, classifier):
+    if critic.toxicity_model == PROFANITY_CHECK:
+        return ToxicityExpert(name, critic.toxicity_threshold, predict=profanity_check())
     if critic.toxicity_model:
         model, tokenizer = classifier(critic.toxicity_model)
         return ToxicityExpert(name, critic.toxicity_threshold, classifier=model, tokenizer=tokenizer)
@@ -82,6 +86,7 @@ class Needs:
     model_field: str | None = None  # the CriticConfig field naming the classifier
     label: Callable | None = None  # finds the needed label in the classifier's config, or raises JudgeError
     embedder_field: str | None = None  # the CriticConfig field naming a sentence embedder
+    package_field: str | None = None  # the CriticConfig field naming a model shipped in a Python package
 
 
 def needs(name: str, critic) -> Needs:
@@ -90,6 +95,8 @@ def needs(name: str, critic) -> Needs:
     if name == "faithfulness_nli":
         return Needs(model_field="nli_model", label=contradiction_label)
     if name == "toxicity":
+        if critic.toxicity_model == PROFANITY_CHECK:
+            return Needs(package_field="toxicity_model")
         if critic.toxicity_model:
             return Needs(model_field="toxicity_model", label=toxic_label)
         return Needs(options=tuple(toxicity.OPTIONS))
@@ -117,7 +124,8 @@ def check_experts(
 ) -> None:
     """Fail before any work if a configured expert cannot run: unknown name, bad example count, an answer option
     that is not a single token of `judge_tokenizer`, a classifier without its label (only config.json is read), a
-    missing embedder, or a grounding filter without its threshold.
+    missing embedder or model package (`critic.toxicity_model: profanity-check`), or a grounding filter without its
+    threshold.
     """
     _check_names(critic)
     try:
@@ -146,6 +154,8 @@ def check_experts(
         need = needs(name, critic)
         if need.embedder_field is not None:
             (find_embedder or _embedder_available)(getattr(critic, need.embedder_field), f"{name} embedder")
+        if need.package_field is not None:
+            check_available(getattr(critic, need.package_field), f"{name} backend")
         if need.model_field is None:
             continue
         path = getattr(critic, need.model_field)
