@@ -3,7 +3,9 @@
 Judges are `RuleLM`s (tests/test_critic.py): stand-in causal LMs whose next-token logits follow a rule on the decoded
 prompt, so each test decides what the judge knows. A judge that knows the answer must come out `informative`, one
 that ignores its input `at chance`, one that always answers "1" with position consistency 0, and one that answers
-off-option with a low option mass and a WARNING.
+off-option with a low option mass and a WARNING. Two shortcut judges must come out `at chance` on every probe of the
+card: one that reads only the conversations' length (`length_rule`) and one that reads only where an item stands
+(`PositionJudge`); without the probes' length and position matching both look informative.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ import pytest
 from test_critic import RuleLM, single_id
 
 from spc_train.configs import CriticConfig, EvaluationConfig, FieldValueError, LoopConfig
+from spc_train.critic import fed
 from spc_train.critic.faithfulness import FaithfulnessExpert
 from spc_train.critic.fed import FedPolicyExpert
 from spc_train.critic.registry import critique
 from spc_train.critic.toxicity import ToxicityExpert
 from spc_train.data.conversation import format_conversation
-from spc_train.health import probes
+from spc_train.health import gaming, probes
 from spc_train.health.blind import BlindJudgeError, enforce
 from spc_train.health.card import at_chance, judge_of, read_card, render_card, write_card
 from spc_train.health.degrade import KINDS, degraded, degraded_copies
 from spc_train.health.figures import position_consistency, roc_auc, win_rate
 from spc_train.health.option_mass import recording, summary
-from spc_train.health.suite import run_probes
+from spc_train.health.suite import gaming_entries, run_probes
 from spc_train.health.verdicts import verdict
 from spc_train.judge import Judge
 
@@ -123,6 +126,59 @@ def judge_of_rule(tok, rule) -> Judge:
     return Judge(RuleLM(tok, rule), tok)
 
 
+# -- shortcut judges: they read only length, or only position --------------------------------------------------------
+def conversation_words(block: str) -> int:
+    """The words of the turns in a prompt's conversation block, counted as `gaming.words` counts them."""
+    turns = [line.split(": ", 1)[1] for line in block.splitlines() if line.startswith(("User 1: ", "User 2: "))]
+    return sum(len(text.split()) for text in turns)
+
+
+def length_rule(text: str) -> dict[str, float]:
+    """Reads only length, from the prompt as a real judge would: of two conversations it prefers the one with more
+    words ("1" when it is shown first); a single conversation's score (P(Yes), the expected digit) grows with its
+    words."""
+    if "Conversation 1:\n" in text:
+        first, second = text.rsplit("Conversation 1:\n", 1)[1].split("\nConversation 2:\n", 1)
+        return {"1": 0.2 * (conversation_words(first) - conversation_words(second)), "2": 0.0}
+    count = conversation_words(text.rsplit("Conversation:\n", 1)[1])
+    return {"Yes": count / 20, "No": 0.0, **{str(d): d * count / 100 for d in range(10)}}
+
+
+class PositionJudge(Judge):
+    """Reads only where an item stands: of two conversations it always prefers the one shown first; a score (P(Yes),
+    the expected digit) falls with the question's index in the call."""
+
+    def option_probabilities(self, questions, options, examples=()):
+        count = len(questions)
+        self.last_option_mass, self.last_top_tokens = [1.0] * count, [options[0]] * count
+        if list(options) == ["1", "2"]:
+            return [[0.9, 0.1] for _ in questions]
+        high = 0 if options[0] == "Yes" else len(options) - 1  # P(Yes), or the top of a digit scale
+        answers = []
+        for index in range(count):
+            row = [0.0] * len(options)
+            row[high] = 1 - (index + 1) / (count + 1)
+            row[len(options) - 1 - high] = (index + 1) / (count + 1)
+            answers.append(row)
+        return answers
+
+
+def position_judge(tok) -> Judge:
+    return PositionJudge(RuleLM(tok, ignoring_rule), tok)
+
+
+class ShortcutExpert:
+    """An expert without a judge (a classifier's or an embedder's place) that reads only length or only position."""
+
+    def __init__(self, name: str, kind: str, reads: str):
+        self.name, self.kind, self.reads = name, kind, reads
+
+    def score(self, candidates: list[dict]) -> list[float]:
+        if self.reads == "length":
+            return [float(gaming.words(c["turns"])) for c in candidates]
+        return [1 - (i + 1) / (len(candidates) + 1) for i in range(len(candidates))]
+
+
 THRESHOLDS = (0.7, 0.6)
 
 
@@ -141,16 +197,44 @@ def test_figures_on_known_inputs():
     assert verdict(0.75, informative=0.8, weak=0.7) == "weak"
 
 
-def test_degraded_copies_differ_from_their_conversation_and_keep_its_personas():
+def turn_words(record: dict) -> list[int]:
+    return [len(turn["text"].split()) for turn in record["turns"]]
+
+
+def test_degraded_copies_keep_the_words_speakers_and_personas():
     records = seed_conversations()
-    for record in records[:2]:
+    for record in records[:3]:
         for kind in KINDS:
-            copy = degraded(record, kind, seed=3)
-            assert copy["turns"] != record["turns"]
-            assert copy["user1_persona"] == record["user1_persona"] and copy["degraded"] == kind
-    assert degraded(records[0], "truncated")["turns"] == records[0]["turns"][:2]
+            copy = degraded(record, kind, seed=3, donors=records)
+            assert copy["turns"] != record["turns"] and copy["degraded"] == kind
+            assert gaming.words(copy["turns"]) == gaming.words(record["turns"]), kind
+            if kind != "shuffled":  # the same texts in another order; the others keep every turn's count
+                assert turn_words(copy) == turn_words(record), kind
+            assert [t["speaker"] for t in copy["turns"]] == [t["speaker"] for t in record["turns"]]
+            assert copy["user1_persona"] == record["user1_persona"]
+    spliced = degraded(records[0], "spliced", donors=records)
+    assert spliced["turns"][::2] == records[0]["turns"][::2]  # the partner's turns come from other conversations
+    assert not any(USER2_WORDS[0] in turn["text"] for turn in spliced["turns"][1::2])  # its user 2 talks of others'
+    two_turns = {**records[0], "turns": records[0]["turns"][:2]}
+    assert degraded(two_turns, "looped")["turns"] != two_turns["turns"]
+    with pytest.raises(ValueError, match="other conversations"):
+        degraded(records[0], "spliced")
     assert [c["degraded"] for c in degraded_copies(records)] == list(KINDS) * 2
     assert degraded_copies(records, seed=5) == degraded_copies(records, seed=5)
+
+
+def test_gamed_copies_and_the_toxicity_pairs_are_length_matched():
+    records = seed_conversations()
+    gamed = probes.gamed_versions(records, seed=2)
+    assert list(gamed) == list(gaming.KINDS)
+    for copies in gamed.values():
+        assert [gaming.words(c["turns"]) for c in copies] == [gaming.words(r["turns"]) for r in records]
+    fixture = probes.toxicity_fixture()
+    toxic, clean = probes.length_matched([r for r in fixture if r["toxic"]], [r for r in fixture if not r["toxic"]])
+    assert len(toxic) == len(clean) == 10
+    assert [gaming.words(r["turns"]) for r in toxic] == [gaming.words(r["turns"]) for r in clean]
+    said = [" ".join(turn["text"] for turn in r["turns"]).lower() for r in toxic + clean]
+    assert [any(word in text for word in TOXIC_WORDS) for text in said] == [True] * 10 + [False] * 10  # padding kept
 
 
 # -- probes: a judge that knows vs one that ignores its input --------------------------------------------------------
@@ -220,6 +304,49 @@ def test_evaluation_judge_probes(tok, rule, expected):
         assert found[1]["figure"] == pytest.approx(0.5)
     else:
         assert all(entry["figure"] > 0.99 for entry in found)
+
+
+def referee_question(first: dict, second: dict) -> str:
+    return (
+        f"Conversation 1:\n{format_conversation(first['turns'])}\nConversation 2:\n"
+        f"{format_conversation(second['turns'])}\nWhich conversation is better? Answer with 1 or 2.\nResponse:"
+    )
+
+
+def test_pairwise_probe_serves_any_judge_that_compares_two_conversations(tok):
+    records = seed_conversations()
+    args = (referee_question, records, degraded_copies(records, 4), ["1", "2"], THRESHOLDS, ["referee_"], "seed vs")
+    entry = probes.pairwise_probe("referee", "measurement", judge_of_rule(tok, knowing_rule), *args)
+    assert entry["figures"] == {"win rate": pytest.approx(1.0, abs=1e-3), "position consistency": 1.0}
+    assert entry["verdict"] == "informative" and entry["option_mass"]["questions"] == 2 * 6
+    assert judge_of({"entries": [entry]}, "referee_win_rate") is entry
+    for judge in (judge_of_rule(tok, length_rule), position_judge(tok)):
+        entry = probes.pairwise_probe("referee", "measurement", judge, *args, rate_name="referee rate")
+        assert entry["figures"] == {"referee rate": pytest.approx(0.5), "position consistency": 0.0}
+
+
+def test_without_length_and_position_matching_the_shortcut_judges_look_informative(tok, monkeypatch):
+    """The shortcut judges are real shortcuts: shorter copies, or positives asked first, are what they need."""
+    records = seed_conversations()
+    length = judge_of_rule(tok, length_rule)
+    monkeypatch.setattr(probes, "degraded_copies", lambda rs, seed: [{**r, "turns": r["turns"][:2]} for r in rs])
+    assert probes.policy_probe(FedPolicyExpert("depth", length), records, 0, THRESHOLDS)["verdict"] == "informative"
+    assert probes.llm_judge_probe(length, records, 0, "gpt_score", THRESHOLDS)["verdict"] == "informative"
+
+    monkeypatch.setattr(probes, "length_matched", lambda toxic, clean: (toxic, clean))  # the toxic ones run longer
+    assert probes.toxicity_probe(ToxicityExpert("toxicity", 0.5, judge=length), thresholds=THRESHOLDS)["figure"] > 0.6
+
+    def one_call(score, *lists):  # every list in one call, the first (the positives) first
+        values = iter(score([item for items in lists for item in items]))
+        return [[next(values) for _ in items] for items in lists]
+
+    monkeypatch.setattr(probes, "matched_scores", one_call)
+    position = position_judge(tok)
+    assert probes.toxicity_probe(ToxicityExpert("toxicity", 0.5, judge=position), thresholds=THRESHOLDS)["figure"] == 1
+    assert probes.extraction_probe(position, records, 0, THRESHOLDS)["figure"] == 1.0
+    grounding = ShortcutExpert("persona_grounding", "vote", "position")
+    entry, _ = probes.gaming_probe(grounding, records, probes.gamed_versions(records, 0), THRESHOLDS)
+    assert entry["figures"] == dict.fromkeys(gaming.KINDS, 1.0)
 
 
 # -- option mass ---------------------------------------------------------------------------------------------------
@@ -320,10 +447,20 @@ def test_run_probes_builds_the_card_from_loaders(tok, tmp_path):
 
     judge.instance = judge_of_rule(tok, knowing_rule)
     card = run_probes(recipe(), judge, no_classifier, seed_conversations(), seed=7, identity={"judge": "rule"})
-    names = [entry["name"] for entry in card["entries"]]
-    assert names == ["faithfulness", "toxicity", "depth", "detection", "extraction", "gpt_score"]
-    assert {entry["verdict"] for entry in card["entries"]} == {"informative"}
-    assert card["conversations"] == 4 and card["judge"] == {"judge": "rule"}
+    entries = {entry["name"]: entry for entry in card["entries"]}
+    judges = ["faithfulness", "toxicity", "depth", "detection", "extraction", "gpt_score"]
+    gamed = ["faithfulness vs gamed", "toxicity vs gamed", "depth vs gamed"]
+    assert list(entries) == judges + gamed + ["selector"]
+    assert {entries[name]["verdict"] for name in judges} == {"informative"}
+    # A judge that knows contradiction and toxicity still cannot see a recited profile: those experts can be gamed,
+    # which the card shows without calling the judge blind; the FED policy and so the whole critic are not gamed.
+    assert entries["faithfulness vs gamed"]["verdict"] == entries["toxicity vs gamed"]["verdict"] == "at chance"
+    assert entries["depth vs gamed"]["verdict"] == entries["selector"]["verdict"] == "informative"
+    assert entries["selector"]["figures"] == dict.fromkeys(gaming.KINDS, 1.0)
+    assert entries["depth vs gamed"]["option_mass"]["questions"] == 8 * 4  # both orders, four kinds
+    assert entries["faithfulness vs gamed"]["option_mass"]["questions"] == 5 * 4  # the real one and four copies
+    assert entries["selector"]["option_mass"] is None and entries["selector"]["metrics"] == []
+    assert card["conversations"] == 4 and card["judge"] == {"judge": "rule"} and card["version"] == 2
     assert card == run_probes(recipe(), judge, no_classifier, seed_conversations(), seed=7, identity={"judge": "rule"})
     assert not at_chance(card, "detection_lose") and enforce(card, "stop") == []
 
@@ -331,6 +468,120 @@ def test_run_probes_builds_the_card_from_loaders(tok, tmp_path):
     assert read_card(tmp_path / "probes") == read_card(path) and (tmp_path / "probes" / "card.md").exists()
     table = render_card(card)
     assert "| faithfulness | expert | AUC 1.00 | informative | 1.00 |" in table
+
+
+SHORTCUT_EXPERTS = ["faithfulness", "faithfulness_nli", "toxicity", "persona_grounding", "depth", "likable"]
+
+
+@pytest.mark.parametrize("shortcut", ["length", "position"])
+def test_a_judge_that_reads_only_length_or_position_is_at_chance_on_every_probe(tok, shortcut, caplog):
+    judge = judge_of_rule(tok, length_rule) if shortcut == "length" else position_judge(tok)
+    experts = [
+        FaithfulnessExpert("faithfulness", judge, 0.5, examples=0),
+        ShortcutExpert("faithfulness_nli", "filter", shortcut),  # a classifier's place
+        ToxicityExpert("toxicity", 0.5, judge=judge),
+        ShortcutExpert("persona_grounding", "vote", shortcut),  # an embedder's place
+        FedPolicyExpert("depth", judge),
+        FedPolicyExpert("likable", judge),
+    ]
+    shortcut_recipe = SimpleNamespace(
+        critic=CriticConfig(experts=SHORTCUT_EXPERTS, faithfulness_examples=0, probe_conversations=5),
+        evaluation=EvaluationConfig(
+            measurements=["toxicity", "detection", "extraction", "llm_judge"],
+            llm_judge_families=["llm_eval", "gpt_score", "g_eval"],
+        ),
+        loop=LoopConfig(),
+    )
+    with caplog.at_level(logging.WARNING):
+        card = run_probes(shortcut_recipe, lambda: judge, no_classifier, seed_conversations(), 3, experts=experts)
+    names = [entry["name"] for entry in card["entries"]]
+    assert names == SHORTCUT_EXPERTS + ["detection", "extraction", "llm_eval", "gpt_score", "g_eval"] + [
+        f"{name} vs gamed" for name in SHORTCUT_EXPERTS
+    ] + ["selector"]
+    for entry in card["entries"]:
+        assert entry["verdict"] == "at chance", (entry["name"], entry["figures"])
+        for figure, value in entry["figures"].items():
+            assert value == pytest.approx(0.0 if figure == "position consistency" else 0.5), (entry["name"], figure)
+    assert list(card["entries"][-1]["figures"]) == list(gaming.KINDS)
+    assert any("gamed copy" in r.getMessage() and "selector" in r.getMessage() for r in caplog.records)
+
+
+class PreferenceJudge:
+    """A FED judge with set preferences: it recognises each shown conversation (real or which gamed copy) and prefers,
+    per policy, the kinds in `beats_real` over the real one, the real one over the others, ties in `ties`."""
+
+    def __init__(self, conversations, seed, beats_real: dict[str, set], ties: set):
+        self.kind_of = {format_conversation(r["turns"]): "real" for r in conversations}
+        for kind, copies in probes.gamed_versions(conversations, seed).items():
+            self.kind_of.update({format_conversation(c["turns"]): kind for c in copies})
+        self.beats_real, self.ties = beats_real, ties
+
+    def option_probabilities(self, questions, options):
+        answers = []
+        for question in questions:
+            policy = next(p for p, text in fed.POLICIES.items() if text in question)
+            first = self.kind_of[_first_conversation(question)]
+            second = self.kind_of[question.split("\nConversation 2:\n", 1)[1].split("\nWhich one", 1)[0]]
+            copy = second if first == "real" else first
+            if copy in self.ties:
+                answers.append([0.5, 0.5])
+                continue
+            real_wins = copy not in self.beats_real[policy]
+            answers.append([1.0, 0.0] if real_wins == (first == "real") else [0.0, 1.0])
+        return answers
+
+
+class SetExpert:
+    """A scoring expert whose scores are set: by the record's gaming kind ("real" when it is none), and a few reals by
+    pair id."""
+
+    def __init__(self, name: str, kind: str, by_kind: dict[str, float], real_by_pair: dict | None = None):
+        self.name, self.kind, self.by_kind, self.real_by_pair = name, kind, by_kind, real_by_pair or {}
+
+    def score(self, candidates):
+        return [
+            self.by_kind[c["gamed"]] if "gamed" in c else self.real_by_pair.get(c["pair_id"], self.by_kind["real"])
+            for c in candidates
+        ]
+
+
+def test_the_selector_probe_runs_the_critics_filters_and_vote_on_real_against_gamed(caplog):
+    conversations = seed_conversations()[:4]
+    critic = CriticConfig(experts=["faithfulness", "toxicity", "persona_grounding", "depth", "coherency"])
+    judge = PreferenceJudge(
+        conversations, 5, beats_real={"depth": {"listing"}, "coherency": {"listing", "appended"}}, ties={"echo"}
+    )
+    experts = [
+        # The filters (threshold 0.5): faithfulness fails every recited copy, toxicity the real conversation p0.
+        SetExpert(
+            "faithfulness", "filter", {"real": 0.1, "recitation": 0.9, "listing": 0.1, "echo": 0.1, "appended": 0.1}
+        ),
+        SetExpert("toxicity", "filter", dict.fromkeys(["real", *gaming.KINDS], 0.1), {"p0": 0.9}),
+        SetExpert(
+            "persona_grounding", "vote", {"real": 0.4, "recitation": 0.8, "listing": 0.8, "echo": 0.4, "appended": 0.2}
+        ),
+        FedPolicyExpert("depth", judge),
+        FedPolicyExpert("coherency", judge),
+    ]
+    with caplog.at_level(logging.WARNING):
+        entries = {e["name"]: e for e in gaming_entries(critic, experts, conversations, 5, THRESHOLDS)}
+    assert entries["faithfulness vs gamed"]["figures"] == {
+        "recitation": 1.0,
+        "listing": 0.5,
+        "echo": 0.5,
+        "appended": 0.5,
+    }
+    assert entries["depth vs gamed"]["figures"] == {"recitation": 1.0, "listing": 0.0, "echo": 0.5, "appended": 1.0}
+    selector = entries["selector"]
+    # recitation: the copy is filtered out, so the real one wins, but in pair p0 both are (neither: half).
+    # listing: every voter prefers the copy. echo: every voter ties, so the lower index wins: half, but p0's real
+    # one is filtered out. appended: depth and grounding outvote coherency, except in p0.
+    assert selector["figures"] == {"recitation": 0.875, "listing": 0.0, "echo": 0.375, "appended": 0.75}
+    assert selector["details"]["recitation"] == {"real": 6, "gamed": 0, "neither": 2}
+    assert selector["details"]["echo"] == {"real": 3, "gamed": 5, "neither": 0}
+    assert selector["verdict"] == "at chance" and selector["figure_name"] == "listing"
+    assert "prefers the wrong answer" in selector["note"]
+    assert any("listing 0.00" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
 def test_a_blind_card_is_marked_and_can_stop_the_loop(tok, caplog):

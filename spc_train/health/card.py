@@ -38,9 +38,16 @@ def at_chance(card: dict | None, metric: str) -> bool:
     return bool(entry) and entry["verdict"] == AT_CHANCE
 
 
+# Entries that say whether a judge's numbers measure anything. `gaming` and `selector` entries say whether the critic
+# can be gamed: a faithfulness judge that knows its job still cannot tell a recited profile from talk, so those are
+# shown on the card, not counted as blind judges.
+JUDGE_KINDS = ("expert", "measurement")
+
+
 def blind(card: dict | None) -> list[dict]:
-    """The entries at chance."""
-    return [entry for entry in (card or {}).get("entries", []) if entry["verdict"] == AT_CHANCE]
+    """The judge entries (`JUDGE_KINDS`) at chance."""
+    entries = (card or {}).get("entries", [])
+    return [entry for entry in entries if entry["verdict"] == AT_CHANCE and entry.get("kind", "expert") in JUDGE_KINDS]
 
 
 def _number(value, digits: int = 2) -> str:

@@ -16,7 +16,8 @@ from .suite import run_probes
 
 
 def _roles(selected) -> tuple[str, ...]:
-    return tuple(sorted(set(critique_roles(selected)) | set(evaluation_roles(selected))))
+    referee = ("referee",) if selected.referee.held_out_pairs else ()
+    return tuple(sorted(set(critique_roles(selected)) | set(evaluation_roles(selected)) | set(referee)))
 
 
 def probe(ctx: StageContext):
@@ -27,6 +28,7 @@ def probe(ctx: StageContext):
         models.classifier,
         ctx.rows("seed"),
         identity=ROLES["judge"].identity(ctx.config) if "judge" in _roles(ctx.config) else None,
+        referee=models.referee,
     )
 
     def write(out: Path) -> dict:
@@ -60,6 +62,8 @@ PROBES = Stage(
         "critic.min_option_mass",
         "evaluation.measurements",
         "evaluation.llm_judge_families",
+        "referee.held_out_pairs",
+        "referee.criteria",
         "loop.seed",
     ),
     work=probe,
@@ -87,6 +91,7 @@ def probe_recipe(recipe) -> dict:
         models.classifier,
         records,
         identity=ROLES["judge"].identity(recipe) if uses_judge else None,
+        referee=models.referee,
     )
     enforce(card, "warn")
     return card

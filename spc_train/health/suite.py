@@ -3,8 +3,9 @@
 `run_probes` takes the models as the loop's critique stage does, as loaders (`judge()`, `classifier(path)`), so a
 probe that is not needed loads nothing. The seed conversations are the run's (`seed_records`, as
 `spc_train.data.read_seed` gives them); at most `critic.probe_conversations` of them, chosen by `seed`, keep the
-cost bounded: per FED policy 2 questions a conversation, faithfulness 2 a conversation plus the 4 examples,
-extraction up to 16 a conversation, each LLM-judge criterion 2 a conversation.
+cost bounded. Questions per conversation: faithfulness 2 (+ the shipped examples once), per FED policy 2, detection
+2, extraction up to 16, each LLM-judge criterion 2; the gaming probes 5 per scoring judge expert and 8 per FED
+policy; the selector probe none (it reuses the gaming probes' answers). Toxicity asks its 20 fixture conversations.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from collections.abc import Callable
 
 from ..critic.fed import POLICIES
 from ..critic.registry import EXPERTS
+from ..critic.selection import GROUNDING
 from . import probes
 from .option_mass import warn_if_low
+from .selector import selector_probe
+from .verdicts import AT_CHANCE, verdict
 
 logger = logging.getLogger(__name__)
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: length- and position-matched probes; `gaming` and `selector` entries
+# Critic experts with a gaming probe: the filters, persona grounding, and the FED policies.
+GAMED_EXPERTS = ("faithfulness", "faithfulness_nli", "toxicity", GROUNDING, *POLICIES)
 JUDGED_MEASUREMENTS = ("detection", "extraction", "llm_judge")
 
 
@@ -37,6 +43,31 @@ def probe_conversations(seed_records: list[dict], count: int, seed: int) -> list
     return [{**usable[i], "pair_id": str(usable[i].get("pair_id", i))} for i in chosen]
 
 
+def gaming_entries(critic, experts: list, conversations: list[dict], seed: int, thresholds) -> list[dict]:
+    """One gaming entry per critic expert that has a gaming probe, then the selector entry (the critic as a whole).
+
+    A critic expert is one `critic.experts` names (not the evaluation's toxicity backend). A selector at chance on
+    a gaming kind is named in a WARNING: the loop's selection cannot tell that copy from a real conversation.
+    """
+    gamed = probes.gamed_versions(conversations, seed)
+    critic_experts = [e for e in experts if e.name in critic.experts and e.name in GAMED_EXPERTS]
+    entries, answers = [], {}
+    for expert in critic_experts:
+        logger.debug("Gaming probe of critic expert %s.", expert.name)
+        entry, answers[expert.name] = probes.gaming_probe(expert, conversations, gamed, thresholds)
+        entries.append(entry)
+    if answers:
+        entries.append(selector_probe(critic, critic_experts, conversations, answers, thresholds))
+        gamed_kinds = [k for k, v in entries[-1]["figures"].items() if verdict(v, *thresholds) == AT_CHANCE]
+        if gamed_kinds:
+            logger.warning(
+                "The critic does not prefer a real conversation to a gamed copy of the same length (%s): its "
+                "selection can be gamed that way (judge card, entry 'selector'; docs/judge_health.md).",
+                ", ".join(f"{k} {entries[-1]['figures'][k]:.2f}" for k in gamed_kinds),
+            )
+    return entries
+
+
 def run_probes(
     recipe,
     judge: Callable,
@@ -46,12 +77,15 @@ def run_probes(
     *,
     identity: dict | str | None = None,
     experts: list | None = None,
+    referee: Callable | None = None,
 ) -> dict:
-    """The judge card of `recipe`: one entry per critic expert and per judge measurement of `recipe.evaluation`.
+    """The judge card of `recipe`: one entry per critic expert and per judge measurement of `recipe.evaluation`,
+    then a gaming entry per critic expert and the selector entry (`gaming_entries`).
 
     `judge()` returns the `Judge`, `classifier(path)` a (model, tokenizer) pair, both loading on first use (the
     `model_roles.Models`); `experts` replaces the experts the registry would build (tests). `identity` (the
-    judge's model identity) is recorded in the card so a card can be matched to the judge it measured.
+    judge's model identity) is recorded in the card so a card can be matched to the judge it measured. `referee()`
+    returns the referee's `Judge` when the recipe holds out pairs for one (`referee.held_out_pairs`).
     """
     critic = recipe.critic
     seed = recipe.loop.seed if seed is None else seed
@@ -84,6 +118,10 @@ def run_probes(
         else:
             for family in recipe.evaluation.llm_judge_families:
                 entries.append(probes.llm_judge_probe(judge(), conversations, seed, family, thresholds))
+    if recipe.referee.held_out_pairs and referee is not None:
+        logger.debug("Probing the referee.")
+        entries.append(probes.referee_probe(referee(), conversations, seed, recipe.referee.criteria, thresholds))
+    entries += gaming_entries(critic, experts, conversations, seed, thresholds)
     low = warn_if_low(
         {f"{entry['kind']} '{entry['name']}' (probe)": entry["option_mass"] for entry in entries},
         critic.min_option_mass,
