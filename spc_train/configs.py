@@ -1,9 +1,9 @@
 """Recipe sections as thin dataclasses, parsed from a sectioned YAML file by TRL's `TrlParser`.
 
 A recipe is a YAML mapping of sections (`seed`, `model`, `judge`, `personas`, `generation`, `critic`, `training`,
-`evaluation`, `loop`, `hub`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its own
-`TrlParser`, so a typo is reported with the key *and* the section it sits in, and any field can be overridden on the
-command line as `--section.field value` (or `--field value` when the name is unique across sections).
+`evaluation`, `loop`, `hub`, `referee`); `training` takes TRL's own `SFTConfig` fields. Each section is parsed by its
+own `TrlParser`, so a typo is reported with the key *and* the section it sits in, and any field can be overridden on
+the command line as `--section.field value` (or `--field value` when the name is unique across sections).
 """
 
 from __future__ import annotations
@@ -429,7 +429,11 @@ class CriticConfig(_Checked):
         default=0.5, metadata={"help": "A candidate fails when P(toxic) is at least this."}
     )
     toxicity_model: str | None = field(
-        default=None, metadata={"help": "A sequence classifier for toxicity; unset asks the judge LLM instead."}
+        default=None,
+        metadata={
+            "help": "Toxicity backend: a sequence classifier (path or Hub id), or `profanity-check` for the CPU "
+            "model of alt-profanity-check (pip install alt-profanity-check==1.9.1); unset asks the judge LLM."
+        },
     )
     embedder: str = field(
         default="sentence-transformers/all-MiniLM-L6-v2",
@@ -645,6 +649,38 @@ class EvaluationConfig(_Checked):
         }
 
 
+REFEREE_CRITERIA = ("persona_consistency", "naturalness", "coherence")
+
+
+@dataclass
+class RefereeConfig(ModelSpec):
+    """An independent measure of the loop's result: user pairs held out of every iteration's training data, on which
+    each iteration's generator and iteration 0's write a conversation with the same seeds, and a referee model (never
+    the critic's judge, so nothing the loop optimises) compares the two in both orders (docs/referee.md)."""
+
+    held_out_pairs: int = field(
+        default=0,
+        metadata={
+            "help": "Seed conversations held out (sharing no user with the run's pairs, never generated from, "
+            "replayed or used as a few-shot example) on which the referee compares the generators. 0: no referee."
+        },
+    )
+    criteria: list[str] = field(
+        default_factory=lambda: list(REFEREE_CRITERIA),
+        metadata={"help": "What the referee compares: persona_consistency, naturalness, coherence."},
+    )
+
+    def _rules(self) -> dict[str, Rule]:
+        return {
+            **super()._rules(),
+            "held_out_pairs": AT_LEAST_0,
+            "criteria": (
+                lambda v: bool(v) and set(v) <= set(REFEREE_CRITERIA),
+                "names from " + ", ".join(REFEREE_CRITERIA),
+            ),
+        }
+
+
 def _sft_config():
     from trl import SFTConfig
 
@@ -662,6 +698,7 @@ SECTIONS: dict[str, Any] = {
     "evaluation": EvaluationConfig,
     "loop": LoopConfig,
     "hub": HubConfig,
+    "referee": RefereeConfig,
 }
 
 # SFTConfig fields not recorded in recipe.yaml or fingerprints: the run's own paths (set by the loop) and secrets.
@@ -684,6 +721,7 @@ class Recipe:
     loop: LoopConfig
     hub: HubConfig = field(default_factory=HubConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    referee: RefereeConfig = field(default_factory=RefereeConfig)
     path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:
@@ -705,6 +743,10 @@ class Recipe:
             return self.judge
         base = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelSpec)}
         return ModelSpec(**{**base, "adapter": None})
+
+    def referee_spec(self) -> ModelSpec:
+        """The referee's model as a plain `ModelSpec` (its identity and loading ignore the held-out settings)."""
+        return ModelSpec(**{f.name: getattr(self.referee, f.name) for f in dataclasses.fields(ModelSpec)})
 
 
 def _training_values(parser, args: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from .configs import Recipe, save_recipe
 from .critic.stages import CRITIQUE, SELECT
 from .data.stages import SEED
+from .evaluation.referee_stages import HELD_OUT, HELD_OUT_GENERATIONS, REFEREE
 from .evaluation.stages import EVALUATE, EVALUATE_SEED, REPORT
 from .generation.stages import GENERATE
 from .health.stages import PROBES
@@ -31,20 +32,30 @@ from .training.stages import SFT_DATA, TRAIN
 logger = logging.getLogger(__name__)
 
 
-def _generated_users(recipe: Recipe) -> bool:
+def _generated_users(recipe: Recipe, k: int | None) -> bool:
     return recipe.personas.source != "seed"
 
 
-def _trains(recipe: Recipe) -> bool:
+def _trains(recipe: Recipe, k: int | None) -> bool:
     return recipe.loop.train
 
 
-# (stage, whether the recipe schedules it), in loop order. A new stage is defined in its room and listed here.
+def _refereed(recipe: Recipe, k: int | None) -> bool:
+    return bool(recipe.referee.held_out_pairs)
+
+
+def _refereed_after_0(recipe: Recipe, k: int | None) -> bool:
+    return _refereed(recipe, k) and bool(k)  # iteration k's generator against iteration 0's
+
+
+# (stage, whether the recipe schedules it at iteration k), in loop order. A new stage is defined in its room and
+# listed here.
 SETUP = [
     (SEED, None),
     (PERSONAS, _generated_users),
     (PROFILES, _generated_users),
     (PAIRS, None),
+    (HELD_OUT, _refereed),
     (PROBES, None),
     (EVALUATE_SEED, None),
 ]
@@ -54,11 +65,13 @@ ITERATION = [
     (SELECT, None),
     (SFT_DATA, _trains),
     (TRAIN, _trains),
+    (HELD_OUT_GENERATIONS, _refereed),
+    (REFEREE, _refereed_after_0),
     (EVALUATE, None),
 ]
 FINISH = [(REPORT, None)]
 # The model roles whose identities `manifest.json` records (the report's header and `reproduce` read them).
-MANIFEST_ROLES = ("generator", "judge", "toxicity", "nli", "critic nli", "embedder", "critic embedder")
+MANIFEST_ROLES = ("generator", "judge", "toxicity", "nli", "critic nli", "embedder", "critic embedder", "referee")
 STAGES: dict[str, Stage] = {stage.command: stage for stage, _ in SETUP + ITERATION + FINISH}
 
 
@@ -230,10 +243,10 @@ class Loop:
 
     def order(self) -> Iterator[tuple[Stage, int | None]]:
         """The stages the recipe schedules, with their iteration, in loop order."""
-        yield from ((stage, None) for stage, when in SETUP if when is None or when(self.recipe))
+        yield from ((stage, None) for stage, when in SETUP if when is None or when(self.recipe, None))
         for k in range(self.recipe.loop.iterations):
-            yield from ((stage, k) for stage, when in ITERATION if when is None or when(self.recipe))
-        yield from ((stage, None) for stage, when in FINISH if when is None or when(self.recipe))
+            yield from ((stage, k) for stage, when in ITERATION if when is None or when(self.recipe, k))
+        yield from ((stage, None) for stage, when in FINISH if when is None or when(self.recipe, None))
 
     def _schedule(self) -> None:
         """The stages in loop order: run, or (while planning) only fingerprinted. After each, its gate may stop the

@@ -28,6 +28,8 @@ COMPLETION_READS = (
     "personas.max_new_tokens",
     "loop.seed",
 )
+# The referee: its own model, never the generator's or the judge's fallback (`Recipe.referee_spec`).
+REFEREE_READS = tuple(f"referee.{name}" for name in _SPEC_FIELDS) + ("critic.batch_tokens", "critic.judge_context")
 CLASSIFIER_DTYPE_READS = ("model.dtype", "judge.name_or_path", "judge.dtype")  # classifiers load in the judge's dtype
 
 
@@ -59,10 +61,17 @@ def _judge(recipe: Recipe) -> Any:
     return spec_identity(recipe.judge_spec())
 
 
+def _referee(recipe: Recipe) -> Any:
+    from .models import spec_identity
+
+    return spec_identity(recipe.referee_spec()) if recipe.referee.name_or_path else None
+
+
 ROLES: dict[str, Role] = {
     "generator": Role(GENERATOR_READS, _spec),
     "completion": Role(GENERATOR_READS + COMPLETION_READS, _spec),
     "judge": Role(JUDGE_READS + ("critic.batch_tokens", "critic.judge_context"), _judge),
+    "referee": Role(REFEREE_READS, _referee),
     "toxicity": Role(("critic.toxicity_model",) + CLASSIFIER_DTYPE_READS, _path(lambda r: r.critic.toxicity_model)),
     "nli": Role(("personas.nli_model",), _path(lambda r: r.personas.nli_model)),
     "critic nli": Role(("critic.nli_model",) + CLASSIFIER_DTYPE_READS, _path(lambda r: r.critic.nli_model)),
@@ -102,6 +111,17 @@ class Models:
         return self._once(
             "judge",
             lambda: kind(load_causal_lm(spec), load_tokenizer(spec), critic.batch_tokens, critic.judge_context),
+        )
+
+    def referee(self):
+        """The referee (`recipe.referee`), a judge of its own."""
+        from .judge import Judge
+        from .models import load_causal_lm, load_tokenizer
+
+        spec, critic = self.config.referee_spec(), self.config.critic
+        return self._once(
+            "referee",
+            lambda: Judge(load_causal_lm(spec), load_tokenizer(spec), critic.batch_tokens, critic.judge_context),
         )
 
     def classifier(self, path: str):

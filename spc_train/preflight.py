@@ -32,6 +32,7 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
             return [f"tiny models: not built yet; `spc-train loop` builds them in {recipe.loop.tiny_models_dir}"]
     check_spec(recipe.model, "generator")
     check_spec(recipe.judge_spec(), "judge")
+    referee = check_referee(recipe)
     check_hardware(recipe)
     if (recipe.loop.replay_max_tokens or 0) > recipe.generation.max_new_tokens:
         raise RecipeError(
@@ -93,7 +94,48 @@ def check_recipe(recipe: Recipe, run_dir: str | Path | None = None) -> list[str]
         f"evaluation: {', '.join(recipe.evaluation.measurements)}",
         f"{seed}; users: {recipe.personas.source}",
         f"processes: {PartialState().num_processes}; hub: {recipe.hub.repo_id or 'no push'}; {trackers}",
+        *([referee] if referee else []),
     ]
+
+
+def _same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    def where(spec: ModelSpec) -> tuple:
+        path = Path(spec.name_or_path or "")
+        name = str(path.resolve()) if path.exists() else spec.name_or_path
+        return name, spec.gguf_file, spec.revision, spec.adapter
+
+    return where(a) == where(b)
+
+
+def check_referee(recipe: Recipe) -> str | None:
+    """With held-out pairs, a referee model that exists, is not the critic's judge (whose preferences the loop
+    optimises) and writes "1" and "2" as single tokens; returns the line `check` prints, None without a referee."""
+    from .evaluation.referee import OPTIONS
+    from .judge import JudgeError, option_token_ids
+    from .models import check_spec, load_tokenizer
+
+    count = recipe.referee.held_out_pairs
+    if not count:
+        return None
+    spec = recipe.referee_spec()
+    if not spec.name_or_path:
+        raise RecipeError(
+            f"referee.held_out_pairs is {count} but no referee is named: set referee.name_or_path to a model other "
+            "than the critic's judge, or referee.held_out_pairs: 0."
+        )
+    if _same_model(spec, recipe.judge_spec()):
+        raise RecipeError(
+            f"The referee ({spec.name_or_path}) is the critic's judge: the loop optimises that judge's preferences, "
+            "so it cannot referee the result. Name another model in referee.name_or_path."
+        )
+    check_spec(spec, "referee")
+    tokenizer = load_tokenizer(spec)
+    for option in OPTIONS:
+        try:
+            option_token_ids(tokenizer, option)
+        except JudgeError as error:
+            raise RecipeError(f"referee: {error}") from None
+    return f"referee: {spec.name_or_path} on {count} held-out pairs ({', '.join(recipe.referee.criteria)})"
 
 
 def check_hardware(recipe: Recipe) -> None:

@@ -143,9 +143,13 @@ class StageContext:
     input_fingerprints: dict[str, str] = field(default_factory=dict)  # `{label: fingerprint}` of those inputs
     current: dict[str, str] | None = None  # a stage run alone: `{label: fingerprint}` the recipe gives every stage
 
+    def declares(self, name: str, iteration: int | None = None) -> bool:
+        """Whether the stage reads this input (an input its selection declares only for some recipes)."""
+        return any(i.name == name and i.iteration == iteration for i in self.inputs)
+
     def input(self, name: str, iteration: int | None = None) -> Path:
         """The folder of a declared input."""
-        if not any(i.name == name and i.iteration == iteration for i in self.inputs):
+        if not self.declares(name, iteration):
             raise KeyError(f"Stage {self.stage.name} reads {name} (iteration {iteration}) without declaring it.")
         return self.run.stage_dir(name, iteration)
 

@@ -135,7 +135,7 @@ BAD_VALUES = {
     "seed.normalize_names": [3],
     **{
         f"{section}.{name}": values
-        for section in ("model", "judge")
+        for section in ("model", "judge", "referee")
         for name, values in {
             "name_or_path": [3],
             "revision": [1.5],
@@ -218,6 +218,8 @@ BAD_VALUES = {
     "hub.model_repo_id": ["bad id/x"],
     "hub.private": [3],
     "hub.include_candidates": [3],
+    "referee.held_out_pairs": [-1, 2.5],
+    "referee.criteria": [[], ["naturalness", "fluency"]],
 }
 # Bounds owned by the critic registry, which `check_experts` applies (at `spc-train check` and before any work).
 CHECKED_BY_THE_CRITIC = {"critic.faithfulness_examples"}

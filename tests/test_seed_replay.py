@@ -58,6 +58,24 @@ def test_replay_draws_seed_conversations_outside_the_pairs_reproducibly(tiny_mod
     assert replay_records(seed, pairs, 100, **{**kwargs, "min_turns": 6}) == []
 
 
+def test_replay_leaves_out_every_conversation_sharing_a_user_with_the_run_or_the_held_out_pairs(tiny_models):
+    tokenizer = load_tokenizer(GeneratorConfig(name_or_path=str(tiny_models / "generator")))
+
+    def record(i, one, two):
+        return {"pair_id": f"s{i}", "user1_persona": one, "user2_persona": two, "turns": turns(4), "source": "x"}
+
+    run_user, held_user = ["I am a nurse.", "I love cats."], ["I play chess."]
+    seed = [record(i, [f"user {i}."], [f"partner {i}."]) for i in range(10)]
+    seed[2]["user2_persona"] = ["i love cats.", "i  am a nurse."]  # the run's user, re-spelled and re-ordered
+    seed[5]["user1_persona"] = held_user
+    pairs = [record(0, run_user, ["someone."])]
+    held_out = [record(1, ["another."], held_user)]
+    kwargs = dict(tokenizer=tokenizer, max_new_tokens=1000, min_turns=2, rng_seed="7-0-replay")
+    drawn = {r["pair_id"] for r in replay_records(seed, pairs + held_out, 100, **kwargs)}
+    assert drawn == {f"s{i}" for i in range(10)} - {"s0", "s1", "s2", "s5"}
+    assert {"s2", "s5"} <= {r["pair_id"] for r in replay_records(seed, [{"pair_id": "s0"}], 100, **kwargs)}
+
+
 def test_sft_data_stage_adds_the_replayed_rows_to_the_selection(demo_run, tmp_path):
     recipe, _ = demo_run
     copy = copy_run(demo_run, tmp_path)

@@ -26,6 +26,10 @@ OVERRIDES = [
     "coherency",
     "--critic.nli_model",
     "tiny-models/nli",
+    "--referee.held_out_pairs",
+    "2",
+    "--referee.name_or_path",
+    "tiny-models/referee",
 ]
 # Values for fields whose type alone does not give another valid one.
 ALTERNATIVES = {
@@ -40,6 +44,7 @@ ALTERNATIVES = {
     "generation.backend": "continuous",
     "critic.persona_grounding_role": "filter",
     "loop.update": "fresh",
+    "referee.criteria": ["naturalness"],
     "loop.on_blind_judge": "stop",
     "loop.report_to": ["tensorboard"],
     "hub.repo_id": "org/data",

@@ -56,6 +56,36 @@ class Section(NamedTuple):
 
 SECTIONS: list[Section] = [
     Section(
+        "Referee: iteration k against iteration 0 on held-out pairs",
+        "referee",
+        (
+            "referee_win_rate",
+            "referee_win_rate_low",
+            "referee_win_rate_high",
+            "referee_win",
+            "referee_tie",
+            "referee_loss",
+            "referee_pairs",
+            "referee_",
+            "held_out_distinct_2",
+            "held_out_recitation_rate",
+            "held_out_near_duplicate_rate",
+            "held_out_near_duplicate_of_iteration_0",
+            "held_out_",
+        ),
+        "The one comparison the loop does not optimise (docs/referee.md). User pairs held out of every iteration's "
+        "training data: iteration k's generator and iteration 0's each write one conversation per pair with the same "
+        "seeds, and the referee model, never the critic's judge, compares the two in both orders per criterion. "
+        "`referee_win`/`_tie`/`_loss` are shares of pairs (a tie when the orders disagree, or the criteria cancel), "
+        "`referee_win_rate` = wins / (wins + losses), each with its 95% bootstrap interval (`_low`, `_high`): "
+        "iteration k writes better conversations when the lower end of `referee_win_rate` is above 0.5. The "
+        "`held_out_*` numbers are measured on the same held-out conversations (the seed column: the human ones): "
+        "distinct-n, the share of near duplicates (MinHash, word 3-grams, Jaccard >= 0.5) among them and of "
+        "iteration 0's, mean turns, words and tokens, the recitation rate (share of sentences that recite a "
+        "profile), and the parse and stopped rates. Read the referee's numbers with its verdict on the judge card: "
+        "a referee at chance on its probe makes them noise.",
+    ),
+    Section(
         "Dataset statistics",
         "statistics",
         (

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..configs import ModelSpec
 from ..runs import RunDir, read_stage, save_rows
 from ..stage import Input, Stage, StageContext
+from .referee_stages import evaluation_inputs, held_out_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def evaluate_seed(ctx: StageContext):
         seed=config.loop.seed,
         min_option_mass=config.critic.min_option_mass,
     )
-    return _write_metrics(metrics, ctx)
+    return _write_metrics(metrics | held_out_metrics(ctx), ctx)
 
 
 def _mean(values) -> float:
@@ -127,11 +128,13 @@ def evaluate(ctx: StageContext):
     selection = read_stage(ctx.input("selected", k))
     stored = [row["scores"].get("toxicity") for row in selected]
     generation = read_stage(ctx.input("candidates", k)) or {}
+    pair_ids = {pair["pair_id"] for pair in ctx.rows("pairs")}
     metrics = evaluate_dataset(
         selected,
         config=config.evaluation,
         evaluators=evaluators(ctx),
-        reference=ctx.rows("seed"),
+        # the seed column's conversations: never a replayed one, which the generator was trained on
+        reference=[record for record in ctx.rows("seed") if record["pair_id"] in pair_ids],
         toxicity_scores=stored if "toxicity" in config.critic.experts else None,
         toxicity_threshold=config.critic.toxicity_threshold,
         seed=config.loop.seed,
@@ -146,6 +149,7 @@ def evaluate(ctx: StageContext):
         sft_loss=adapter["train_loss"] if adapter else math.nan,
     )
     metrics |= expert_metrics(config.critic, critiques, selected, config.loop.seed)
+    metrics |= held_out_metrics(ctx)
     if any(i.name == "candidates" and i.iteration == k - 1 for i in ctx.inputs):
         warn_if_format_fell(k, read_stage(ctx.input("candidates", k - 1)) or {}, metrics)
     return _write_metrics(metrics, ctx)
@@ -194,7 +198,14 @@ def report(ctx: StageContext):
     return lambda out: write_run_report(run, out, filter_thresholds(ctx.config.critic))
 
 
-READS = ("evaluation", "critic.toxicity_model", "critic.toxicity_threshold", "critic.min_option_mass", "loop.seed")
+READS = (
+    "evaluation",
+    "critic.toxicity_model",
+    "critic.toxicity_threshold",
+    "critic.min_option_mass",
+    "loop.seed",
+    "referee.held_out_pairs",
+)
 
 
 def _said(summary: dict) -> str:
@@ -206,7 +217,7 @@ EVALUATE_SEED = Stage(
     command="evaluate-seed",
     reads=READS,
     work=evaluate_seed,
-    inputs=lambda selected, k: [Input("seed"), Input("pairs")],
+    inputs=lambda selected, k: [Input("seed"), Input("pairs"), *evaluation_inputs(selected, None)],
     roles=evaluation_roles,
     describe=_said,
 )
@@ -217,6 +228,8 @@ EVALUATE = Stage(
     work=evaluate,
     inputs=lambda selected, k: [
         Input("seed"),
+        Input("pairs"),
+        *evaluation_inputs(selected, k),
         Input("candidates", k),
         Input("critiques", k),
         Input("selected", k),

@@ -45,14 +45,20 @@ def fit_prompt(tokenizer, pair: dict, examples: list[dict], budget: int | None) 
 
 
 def parse_candidate(
-    text: str, min_turns: int, *, finish_reason: str = "stop", truncated: str = "drop_last_turn"
+    text: str,
+    min_turns: int,
+    *,
+    finish_reason: str = "stop",
+    truncated: str = "drop_last_turn",
+    ends_line: bool = False,
 ) -> dict:
     """The candidate's turns, whether it may be selected (`parsed`) and, when not, why (`reject_reason`).
 
     In order: what the model wrote is checked by `rejections.reject_reason` (commentary, profile blocks, other
     speakers, loops); a candidate cut by `max_new_tokens` (`finish_reason` not "stop") then loses its unfinished last
-    turn (`drop_last_turn`: the turn on the text's last line, which the model was still writing), is refused
-    (`reject`), or is kept as it is (`keep`); what is left must have `min_turns` turns from both users.
+    turn (`drop_last_turn`: the turn on the text's last line, which the model was still writing, unless the cut fell
+    right after a line break, `ends_line`), is refused (`reject`), or is kept as it is (`keep`); what is left must
+    have `min_turns` turns from both users.
     """
     if truncated not in TRUNCATED_CANDIDATES:
         raise ValueError(f"truncated must be one of {', '.join(TRUNCATED_CANDIDATES)}, got {truncated!r}.")
@@ -60,7 +66,8 @@ def parse_candidate(
     turns = parsed.turns
     cut = finish_reason != "stop"
     lines = [line for line in text.splitlines() if line.strip()] if isinstance(text, str) else []
-    dropped = cut and truncated == "drop_last_turn" and bool(lines) and bool(parse_conversation(lines[-1]).turns)
+    unfinished = cut and not ends_line and bool(lines) and bool(parse_conversation(lines[-1]).turns)
+    dropped = unfinished and truncated == "drop_last_turn"
     if dropped:
         turns = turns[:-1]
     reason = reject_reason(parsed)  # what the model wrote, before any unfinished turn is dropped: a loop is a loop
@@ -90,8 +97,12 @@ def generate_shards(
     few_shot_examples: int,
     process_index: int = 0,
     num_processes: int = 1,
+    examples_from: int | None = None,
 ) -> dict:
-    """Generate this process's missing shards into `shards_dir`; returns statistics of the work done."""
+    """Generate this process's missing shards into `shards_dir`; returns statistics of the work done.
+
+    `examples_from`: draw each pair's few-shot examples as that iteration does (the referee's held-out generations
+    draw as iteration 0, so that two iterations' prompts differ in nothing but the weights)."""
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = max(1, -(-len(pairs) // args.shard_size))
     todo = pending_shards(shards_dir, num_shards, process_index, num_processes)
@@ -108,7 +119,8 @@ def generate_shards(
             shard_pairs = pairs[shard * args.shard_size : (shard + 1) * args.shard_size]
             prompts, shots = [], []
             for pair in shard_pairs:
-                examples = pick_examples(pool, pair, few_shot_examples, seed, iteration)
+                drawn_as = iteration if examples_from is None else examples_from
+                examples = pick_examples(pool, pair, few_shot_examples, seed, drawn_as)
                 text, used = fit_prompt(tokenizer, pair, examples, budget)
                 stats["examples_dropped"] += len(examples) - used
                 prompts.append(text)
@@ -141,6 +153,7 @@ def generate_shards(
                                 args.min_turns,
                                 finish_reason=sample.finish_reason,
                                 truncated=args.truncated,
+                                ends_line=sample.ends_line,
                             ),
                             "num_tokens": sample.num_tokens,
                             "finish_reason": sample.finish_reason,

@@ -22,14 +22,17 @@ def _mean(values) -> float:
 
 
 def _inputs(selected, iteration: int) -> list[Input]:
-    """The pairs; the few-shot pool P_k (the seed, plus earlier selections if it grows); the previous adapter."""
+    """The pairs; the few-shot pool P_k (the seed, plus earlier selections if it grows); the previous adapter; the
+    referee's held-out pairs, whose users the pool leaves out."""
     pool = [Input("selected", k) for k in range(iteration)] if selected.loop.grow_pool else []
     adapter = [Input("adapter", iteration - 1)] if iteration and selected.loop.train else []
-    return [Input("pairs"), Input("seed"), *pool, *adapter]
+    held_out = [Input("held-out")] if selected.referee.held_out_pairs else []
+    return [Input("pairs"), Input("seed"), *pool, *adapter, *held_out]
 
 
 def generate(ctx: StageContext):
     """Every process generates its shards (data parallel); the main process merges them in order."""
+    from ..data.users import outside
     from .candidates import generate_shards, save_generation_config
 
     args, k = ctx.config.generation, ctx.iteration
@@ -38,6 +41,7 @@ def generate(ctx: StageContext):
     shards_dir = ctx.scratch("shards")
     pairs = ctx.rows("pairs")
     pool = [row for i in ctx.inputs if i.name in ("seed", "selected") for row in ctx.rows(i.name, i.iteration)]
+    pool = outside(pool, ctx.rows("held-out") if ctx.declares("held-out") else [])
     model, tokenizer = ctx.models.generator(adapter)
     state = ctx.process
     stats = generate_shards(
@@ -99,7 +103,7 @@ def _said(summary: dict) -> str:
 GENERATE = Stage(
     name="candidates",
     command="generate",
-    reads=("generation", "loop.seed", "loop.grow_pool", "loop.train"),
+    reads=("generation", "loop.seed", "loop.grow_pool", "loop.train", "referee.held_out_pairs"),
     work=generate,
     inputs=_inputs,
     roles=("generator",),

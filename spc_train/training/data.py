@@ -15,6 +15,7 @@ import random
 
 from ..data.conversation import format_conversation, too_short
 from ..data.prompts import as_messages, generator_prompt
+from ..data.users import outside
 
 
 def sft_row(record: dict, examples: list[dict] | None = None) -> dict:
@@ -38,13 +39,13 @@ def fit_turns(tokenizer, turns: list[dict], max_new_tokens: int) -> list[dict]:
 
 
 def replay_records(
-    seed: list[dict], pairs: list[dict], count: int, *, tokenizer, max_new_tokens: int, min_turns: int, rng_seed: str
+    seed: list[dict], taken: list[dict], count: int, *, tokenizer, max_new_tokens: int, min_turns: int, rng_seed: str
 ) -> list[dict]:
-    """`count` seed conversations drawn by `rng_seed`, never one of the run's pairs (whose conversations the loop
-    generates and measures), each cut to fit `max_new_tokens`; one left too short to parse (`too_short`) is passed
-    over."""
-    taken = {pair["pair_id"] for pair in pairs}
-    others = [record for record in seed if record["pair_id"] not in taken]
+    """`count` seed conversations drawn by `rng_seed`, none of `taken` (the run's pairs, whose conversations the loop
+    generates and measures, and the referee's held-out pairs) and none sharing a user with them (`data.users`: a
+    persona seen in training would leak into what is measured), each cut to fit `max_new_tokens`; one left too
+    short to parse (`too_short`) is passed over."""
+    others = outside(seed, taken)
     random.Random(rng_seed).shuffle(others)
     records = []
     for record in others:

@@ -26,6 +26,8 @@ def _data_inputs(selected, k: int) -> list[Input]:
     seed and the pairs (whose own conversations it leaves out)."""
     first = k if selected.loop.update == "continue" else 0
     replay = [Input("seed"), Input("pairs")] if selected.loop.replay_seed else []
+    if replay and selected.referee.held_out_pairs:
+        replay.append(Input("held-out"))  # the referee's pairs: their users are never replayed either
     return [Input("selected", j) for j in range(first, k + 1)] + replay
 
 
@@ -39,7 +41,7 @@ def sft_data(ctx: StageContext):
     if config.loop.replay_seed:
         replayed = replay_records(
             ctx.rows("seed"),
-            ctx.rows("pairs"),
+            ctx.rows("pairs") + (ctx.rows("held-out") if ctx.declares("held-out") else []),
             config.loop.replay_seed,
             tokenizer=load_tokenizer(config.model),
             max_new_tokens=config.loop.replay_max_tokens or config.generation.max_new_tokens,
@@ -49,8 +51,9 @@ def sft_data(ctx: StageContext):
         if len(replayed) < config.loop.replay_seed:
             logger.warning(
                 "Iteration %d: seed replay found %d of the %d conversations asked for (loop.replay_seed): seed "
-                "conversations outside the run's pairs with %d turns (generation.min_turns) or more within "
-                "loop.replay_max_tokens (or generation.max_new_tokens). A larger seed, or fewer pairs, may help.",
+                "conversations sharing no user with the run's (or the referee's) pairs, with %d turns "
+                "(generation.min_turns) or more within loop.replay_max_tokens (or generation.max_new_tokens)."
+                " A larger seed, or fewer pairs, may help.",
                 k,
                 len(replayed),
                 config.loop.replay_seed,
@@ -142,6 +145,7 @@ SFT_DATA = Stage(
         "loop.update",
         "loop.replay_seed",  # with what it reads: the seed for the draw, and the generator's tokenizer and budget
         "loop.replay_max_tokens",
+        "referee.held_out_pairs",
         "loop.seed",
         *TOKENIZER_FIELDS,
         "generation.max_new_tokens",
