@@ -172,6 +172,7 @@ def test_the_loop_referees_iteration_1_on_held_out_pairs_no_iteration_trains_on(
     from conftest import copy_run
 
     from spc_train.cli import main
+    from spc_train.health.card import read_card
     from spc_train.runs import load_rows, read_stage
 
     recipe, _ = demo_run
@@ -204,3 +205,8 @@ def test_the_loop_referees_iteration_1_on_held_out_pairs_no_iteration_trains_on(
     )
     report = (run / "report" / "report.md").read_text()
     assert "Referee: iteration k against iteration 0 on held-out pairs" in report and "referee_win_rate" in report
+    (entry,) = [e for e in read_card(run / "probes")["entries"] if e["name"] == "referee"]
+    assert entry["metrics"] == ["referee_"] and "position consistency" in entry["figures"]
+    section = report.split("## Referee", 1)[1].split("\n## ", 1)[0]
+    if entry["verdict"] == "at chance":  # the tiny referee usually is: its win rate is marked as noise
+        assert "**Judge at chance**" in section and "`referee`" in section and "referee_win_rate ⚠" in section
