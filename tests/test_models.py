@@ -227,3 +227,123 @@ def test_a_dense_copy_is_whole_or_absent(tiny_models, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", "0")
     assert cached_copy(path, torch.float32) is None and save_copy(path, torch.float32, model, tokenizer) is None
+
+
+@pytest.fixture
+def gguf_spec(tiny_models, tmp_path, monkeypatch):
+    """A GGUF spec whose .gguf file "dequantizes" to the tiny generator (no converter here writes a real tiny GGUF
+    model), through the package's own loading and dense-copy code; the list counts the loads from the .gguf."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import spc_train.models as models
+
+    write_gguf(tmp_path / "m.gguf")
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(tmp_path / "cache"))
+    dequantized = []
+    load = AutoModelForCausalLM.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        if kwargs.pop("gguf_file", None):
+            kwargs.pop("quantization_config", None)
+            dequantized.append(name)
+            name = tiny_models / "generator"
+        return load(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(
+        models, "_tokenizer_from_source", lambda spec: AutoTokenizer.from_pretrained(tiny_models / "generator")
+    )
+    return ModelSpec(name_or_path=str(tmp_path), gguf_file="m.gguf", dtype="float32"), dequantized
+
+
+@pytest.mark.parametrize("fault", ["overwritten", "truncated", "manifest missing"])
+def test_a_dense_copy_that_fails_its_check_is_rebuilt_not_loaded(gguf_spec, tiny_models, tmp_path, caplog, fault):
+    """A dense copy whose files are not the ones written (64 KB overwritten in the weights, the weights cut short, no
+    manifest) is named in one WARNING, removed and made again from the .gguf; the model loaded equals the original."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spc_train.gguf_dense import MANIFEST
+
+    spec, dequantized = gguf_spec
+    load_causal_lm(spec)  # dequantizes and writes the copy
+    (folder,) = (tmp_path / "cache").iterdir()
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    if fault == "overwritten":
+        with open(weights, "r+b") as handle:
+            handle.seek(size // 2)
+            handle.write(b"\xff" * 65536)  # NaN floats, the file's size unchanged
+        assert weights.stat().st_size == size
+    elif fault == "truncated":
+        with open(weights, "r+b") as handle:
+            handle.truncate(size // 2)
+    else:
+        (folder / MANIFEST).unlink()
+
+    caplog.clear()
+    model = load_causal_lm(spec)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(folder) in warnings[0], warnings
+    assert {"overwritten": "sha256", "truncated": f"{size // 2} bytes", "manifest missing": MANIFEST}[
+        fault
+    ] in warnings[0]
+    assert len(dequantized) == 2  # made again from the .gguf
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name] and weights.stat().st_size == size
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    original = AutoModelForCausalLM.from_pretrained(tiny_models / "generator")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+    caplog.clear()
+    load_causal_lm(spec)  # the copy made again checks out: read, no warning, no third load from the .gguf
+    assert len(dequantized) == 2 and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_dense_copy_partials_modes_and_key(tiny_models, tmp_path, monkeypatch):
+    """A partial folder left by a dead process is removed at the next lookup (a live one is kept); a second process
+    that finishes the same copy discards its own; every user can read the copy whatever the umask; and the copy is
+    keyed by the gguf package's version too."""
+    import importlib.metadata
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spc_train.gguf_dense import cached_copy, copy_folder, save_copy
+
+    path = write_gguf(tmp_path / "m.gguf")
+    model = AutoModelForCausalLM.from_pretrained(tiny_models / "generator")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "generator")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(cache))
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    name = copy_folder(path, torch.float32).name
+    for pid in (int(dead.stdout), os.getppid()):
+        (cache / f"{name}.partial-{pid}").mkdir(parents=True)
+        (cache / f"{name}.partial-{pid}" / "model.safetensors").write_bytes(b"\0" * 1024)
+    assert cached_copy(path, torch.float32) is None
+    assert [p.name for p in cache.iterdir()] == [f"{name}.partial-{os.getppid()}"]  # the dead one's is gone
+    (cache / f"{name}.partial-{os.getppid()}" / "model.safetensors").unlink()
+    (cache / f"{name}.partial-{os.getppid()}").rmdir()
+
+    umask = os.umask(0o077)
+    try:
+        folder = save_copy(path, torch.float32, model, tokenizer)
+        assert save_copy(path, torch.float32, model, tokenizer) == folder  # the second to finish discards its own
+    finally:
+        os.umask(umask)
+    assert [p.name for p in cache.iterdir()] == [folder.name] and cached_copy(path, torch.float32) == folder
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+    assert modes[folder.name] == 0o755 and set(modes.values()) == {0o755, 0o644}, modes
+    assert modes["model.safetensors"] == modes["spc_train_dense.json"] == 0o644
+
+    version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda package: "0.0.1" if package == "gguf" else version(package)
+    )
+    assert copy_folder(path, torch.float32) != folder and copy_folder(path, torch.float32).name.endswith("-gguf-0.0.1")
+    assert cached_copy(path, torch.float32) is None  # another gguf version is another copy

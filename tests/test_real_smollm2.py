@@ -79,7 +79,7 @@ def test_loads_from_gguf_as_a_dense_llama(spec, loaded):
 def test_the_dense_copy_is_cached_once_and_loads_the_same_model(spec, tmp_path, monkeypatch, caplog):
     from transformers import modeling_gguf_pytorch_utils
 
-    from spc_train.gguf_dense import COMPLETE
+    from spc_train.gguf_dense import MANIFEST
     from spc_train.models import load_causal_lm, load_tokenizer
 
     (tmp_path / "a-file").write_text("")  # a cache that cannot be written: it loads from the .gguf, and says so
@@ -92,7 +92,7 @@ def test_the_dense_copy_is_cached_once_and_loads_the_same_model(spec, tmp_path, 
     monkeypatch.setenv("SPC_TRAIN_GGUF_CACHE", str(tmp_path / "cache"))
     load_causal_lm(spec)  # writes the copy
     (copy,) = (tmp_path / "cache").iterdir()
-    assert (copy / COMPLETE).is_file() and (copy / "model.safetensors").is_file()
+    assert (copy / MANIFEST).is_file() and (copy / "model.safetensors").is_file()
 
     def parsed_again(*args, **kwargs):
         raise AssertionError("the .gguf file was parsed again")
