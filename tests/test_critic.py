@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_llama_config
 
 from spc_train.configs import CriticConfig
-from spc_train.critic.faithfulness import FaithfulnessExpert, faithfulness_question
+from spc_train.critic.faithfulness import EXAMPLES, FaithfulnessExpert, faithfulness_question
 from spc_train.critic.fed import POLICIES, FedPolicyExpert
 from spc_train.critic.registry import EXPERTS, build_experts, critique
 from spc_train.critic.selection import passes, select
@@ -261,6 +261,33 @@ def test_faithfulness_scores_p_yes_of_the_contradiction_question(tok):
     scores = expert.score([record, conversation("p", 1, "I love my cats.", "Me too.")])
     assert scores[0] > 0.99 and scores[1] < 0.01
     assert expert.kind == "filter"
+
+
+def test_the_consistent_phrasing_scores_p_no_with_mirrored_examples(tok):
+    record = conversation("p", 0, "I love my cats.", "I hate cats.")
+    question = faithfulness_question(record, "consistent")
+    assert "is the following conversation between the two users consistent with both of their profiles?" in question
+    assert question.endswith("Conversation:\nUser 1: I love my cats.\nUser 2: I hate cats.\nResponse:")
+
+    judge = rule_judge(tok, lambda text: {"No": 30.0} if "hate cats" in text else {"Yes": 30.0})
+    expert = FaithfulnessExpert("faithfulness", judge, threshold=0.5, examples=4, phrasing="consistent")
+    scores = expert.score([record, conversation("p", 1, "I love my cats.", "Me too.")])
+    assert scores[0] > 0.99 and scores[1] < 0.01  # P(contradiction) = P(No)
+    answers = [answer for _, answer in expert.examples]
+    assert [a.split(",")[0] for a in answers] == ["Yes", "No", "Yes", "No"]  # the contradict answers mirrored
+    assert answers[1].startswith("No, the conversation is not consistent with user 2's profile, because user 2 is")
+    assert answers[0].endswith(EXAMPLES[0]["answer"].split(".", 1)[1])  # the same reasons
+    with pytest.raises(ValueError, match="faithfulness_phrasing"):
+        FaithfulnessExpert("faithfulness", judge, threshold=0.5, phrasing="agree")
+
+
+def test_the_registry_builds_the_recipes_phrasing(tok):
+    judge = rule_judge(tok, lambda text: {"No": 30.0})
+    for phrasing, p_contradiction in (("contradict", 0.0), ("consistent", 1.0)):
+        critic = CriticConfig(experts=["faithfulness"], faithfulness_phrasing=phrasing)
+        (expert,) = build_experts(critic, lambda: judge, lambda path: None)
+        assert expert.phrasing == phrasing
+        assert expert.score([conversation("p", 0, "hi", "hello")])[0] == pytest.approx(p_contradiction, abs=1e-6)
 
 
 # -- FED policies -----------------------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ candidate. The paper's own examples are not published; `EXAMPLES` below are ours
 shape: two profiles, a short conversation, and an answer that starts with the option and says why. They alternate
 faithful / unfaithful so that any prefix (`critic.faithfulness_examples: n`) stays balanced; our two unfaithful ones
 contradict user 2's profile and user 1's, so that the judge is not taught to look at one profile only.
+
+Small judges answer one wording of the question far better than the other, so `critic.faithfulness_phrasing` picks
+one: `contradict` (the paper's question, P(contradiction) = P(Yes)) or `consistent` (the mirrored question "is it
+consistent with both profiles?", P(contradiction) = P(No)), with the same examples and mirrored answers. The score
+means P(contradiction) either way, so thresholds and selection do not depend on the phrasing.
 """
 
 from __future__ import annotations
@@ -13,12 +18,24 @@ from __future__ import annotations
 from ..data.conversation import format_conversation
 from ..judge import Judge
 
-OPTIONS = ["Yes", "No"]  # P(Yes) = P(the conversation contradicts a profile)
-QUESTION = (
-    "Given user 1 and user 2's profiles respectively, does the following conversation between the two users "
-    "contradict either of their profiles? Why?\n"
-    "User 1 Profile: {user1}\nUser 2 Profile: {user2}\nConversation:\n{conversation}\nResponse:"
-)
+OPTIONS = ["Yes", "No"]
+PHRASINGS = ("contradict", "consistent")
+# The question's fixed head first, then the candidate's text: the examples and the head are the shared prefix
+# (docs/prefix_sharing.md).
+_BODY = "User 1 Profile: {user1}\nUser 2 Profile: {user2}\nConversation:\n{conversation}\nResponse:"
+QUESTIONS = {
+    "contradict": "Given user 1 and user 2's profiles respectively, does the following conversation between the two "
+    "users contradict either of their profiles? Why?\n" + _BODY,
+    "consistent": "Given user 1 and user 2's profiles respectively, is the following conversation between the two "
+    "users consistent with both of their profiles? Why?\n" + _BODY,
+}
+CONTRADICTION = {"contradict": "Yes", "consistent": "No"}  # the option that means "it contradicts a profile"
+# The answers' openings under `consistent`: the same reasons, the option mirrored.
+_MIRRORED = {
+    "No, the conversation does not contradict either profile.": "Yes, the conversation is consistent with both "
+    "profiles.",
+    "Yes, the conversation contradicts": "No, the conversation is not consistent with",
+}
 
 
 def _turns(*lines: str, first: int = 1) -> list[dict]:
@@ -108,31 +125,47 @@ EXAMPLES: list[dict] = [
 ]
 
 
-def faithfulness_question(record: dict) -> str:
-    return QUESTION.format(
+def faithfulness_question(record: dict, phrasing: str = "contradict") -> str:
+    return QUESTIONS[phrasing].format(
         user1=" ".join(record["user1_persona"]),
         user2=" ".join(record["user2_persona"]),
         conversation=format_conversation(record["turns"]),
     )
 
 
-def faithfulness_examples(count: int) -> list[tuple[str, str]]:
+def example_answer(example: dict, phrasing: str = "contradict") -> str:
+    """The example's answer to `phrasing`'s question: its own answer, or for `consistent` the mirrored one."""
+    if phrasing == "contradict":
+        return example["answer"]
+    for opening, mirrored in _MIRRORED.items():
+        if example["answer"].startswith(opening):
+            return mirrored + example["answer"][len(opening) :]
+    raise ValueError(f"No mirrored opening for the example answer {example['answer'][:40]!r}.")
+
+
+def faithfulness_examples(count: int, phrasing: str = "contradict") -> list[tuple[str, str]]:
     """The first `count` in-context examples as (question, answer) turns; 0 asks zero-shot."""
     if not 0 <= count <= len(EXAMPLES):
         raise ValueError(f"critic.faithfulness_examples must be between 0 and {len(EXAMPLES)}, not {count}.")
-    return [(faithfulness_question(example), example["answer"]) for example in EXAMPLES[:count]]
+    return [(faithfulness_question(e, phrasing), example_answer(e, phrasing)) for e in EXAMPLES[:count]]
 
 
 class FaithfulnessExpert:
-    """A hard filter: the probability that the judge answers "Yes, it contradicts"; lower is better."""
+    """A hard filter: the probability that the judge answers that the conversation contradicts a profile (P(Yes) to
+    `contradict`, P(No) to `consistent`); lower is better."""
 
     kind = "filter"
 
-    def __init__(self, name: str, judge: Judge, threshold: float, examples: int = len(EXAMPLES)):
-        self.name, self.judge, self.threshold = name, judge, threshold
-        self.examples = faithfulness_examples(examples)
+    def __init__(
+        self, name: str, judge: Judge, threshold: float, examples: int = len(EXAMPLES), phrasing: str = "contradict"
+    ):
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"critic.faithfulness_phrasing must be one of {PHRASINGS}, not {phrasing!r}.")
+        self.name, self.judge, self.threshold, self.phrasing = name, judge, threshold, phrasing
+        self.examples = faithfulness_examples(examples, phrasing)
 
     def score(self, candidates: list[dict]) -> list[float]:
-        questions = [faithfulness_question(c) for c in candidates]
+        questions = [faithfulness_question(c, self.phrasing) for c in candidates]
         probabilities = self.judge.option_probabilities(questions, OPTIONS, self.examples)
-        return [p[0] for p in probabilities]
+        contradiction = OPTIONS.index(CONTRADICTION[self.phrasing])
+        return [p[contradiction] for p in probabilities]

@@ -37,7 +37,9 @@ class ExpertCheckError(JudgeError, RecipeError):
 
 
 def _faithfulness(name, critic, judge, classifier):
-    return FaithfulnessExpert(name, judge(), critic.faithfulness_threshold, critic.faithfulness_examples)
+    return FaithfulnessExpert(
+        name, judge(), critic.faithfulness_threshold, critic.faithfulness_examples, critic.faithfulness_phrasing
+    )
 
 
 def _faithfulness_nli(name, critic, judge, classifier):

@@ -144,7 +144,14 @@ CRITIQUE = Stage(
     command="critique",
     reads=tuple(
         f"critic.{name}"
-        for name in ("experts", "toxicity_model", "faithfulness_examples", "shard_size", "min_option_mass")
+        for name in (
+            "experts",
+            "toxicity_model",
+            "faithfulness_examples",
+            "faithfulness_phrasing",
+            "shard_size",
+            "min_option_mass",
+        )
     ),
     work=critique,
     inputs=lambda selected, k: [Input("candidates", k)],
