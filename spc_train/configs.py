@@ -414,6 +414,14 @@ class CriticConfig(_Checked):
             "2 faithful + 2 unfaithful; ours, since the paper's are not published). 0 asks zero-shot."
         },
     )
+    faithfulness_phrasing: str = field(
+        default="contradict",
+        metadata={
+            "help": "The faithfulness question: `contradict` (the paper's: does it contradict either profile? "
+            "P(contradiction) = P(Yes)) or `consistent` (is it consistent with both? P(contradiction) = P(No)). "
+            "Small judges answer one far better; the judge card probes both."
+        },
+    )
     nli_model: str | None = field(
         default=None,
         metadata={
@@ -505,6 +513,7 @@ class CriticConfig(_Checked):
             "embedder": NOT_EMPTY,
             "persona_grounding_threshold": optional(PROBABILITY, "no grounding filter"),
             "persona_grounding_role": one_of(("filter", "vote")),
+            "faithfulness_phrasing": one_of(("contradict", "consistent")),
             "judge_context": optional(AT_LEAST_1, "the judge's own context length"),
             "batch_tokens": AT_LEAST_1,
             "shard_size": AT_LEAST_1,
@@ -650,6 +659,7 @@ class EvaluationConfig(_Checked):
 
 
 REFEREE_CRITERIA = ("persona_consistency", "naturalness", "coherence")
+REFEREE_MODES = ("pairwise", "pointwise")
 
 
 @dataclass
@@ -669,11 +679,24 @@ class RefereeConfig(ModelSpec):
         default_factory=lambda: list(REFEREE_CRITERIA),
         metadata={"help": "What the referee compares: persona_consistency, naturalness, coherence."},
     )
+    mode: str = field(
+        default="pairwise",
+        metadata={
+            "help": "`pairwise`: both conversations in one prompt, asked in both orders (a tie when they disagree). "
+            "`pointwise`: each conversation alone, a Yes/No question per criterion; iteration k wins a criterion "
+            "when its P(Yes) is higher by more than referee.margin (no position to be biased by)."
+        },
+    )
+    margin: float = field(
+        default=0.05, metadata={"help": "pointwise: the least difference in P(Yes) that is a win or a loss."}
+    )
 
     def _rules(self) -> dict[str, Rule]:
         return {
             **super()._rules(),
             "held_out_pairs": AT_LEAST_0,
+            "mode": one_of(REFEREE_MODES),
+            "margin": (lambda v: 0 <= v < 1, "in [0, 1)"),
             "criteria": (
                 lambda v: bool(v) and set(v) <= set(REFEREE_CRITERIA),
                 "names from " + ", ".join(REFEREE_CRITERIA),

@@ -109,8 +109,9 @@ def _same_model(a: ModelSpec, b: ModelSpec) -> bool:
 
 def check_referee(recipe: Recipe) -> str | None:
     """With held-out pairs, a referee model that exists, is not the critic's judge (whose preferences the loop
-    optimises) and writes "1" and "2" as single tokens; returns the line `check` prints, None without a referee."""
-    from .evaluation.referee import OPTIONS
+    optimises) and writes its answers ("1" / "2", or "Yes" / "No" pointwise) as single tokens; returns the line
+    `check` prints, None without a referee."""
+    from .evaluation.referee import OPTIONS, YES_NO
     from .judge import JudgeError, option_token_ids
     from .models import check_spec, load_tokenizer
 
@@ -130,12 +131,13 @@ def check_referee(recipe: Recipe) -> str | None:
         )
     check_spec(spec, "referee")
     tokenizer = load_tokenizer(spec)
-    for option in OPTIONS:
+    for option in YES_NO if recipe.referee.mode == "pointwise" else OPTIONS:
         try:
             option_token_ids(tokenizer, option)
         except JudgeError as error:
             raise RecipeError(f"referee: {error}") from None
-    return f"referee: {spec.name_or_path} on {count} held-out pairs ({', '.join(recipe.referee.criteria)})"
+    criteria = ", ".join(recipe.referee.criteria)
+    return f"referee: {spec.name_or_path}, {recipe.referee.mode}, on {count} held-out pairs ({criteria})"
 
 
 def check_hardware(recipe: Recipe) -> None:

@@ -127,6 +127,7 @@ BAD_VALUES = {
     "critic.embedder": [""],
     "critic.persona_grounding_threshold": [-0.1, 1.5],
     "critic.persona_grounding_role": ["rank"],
+    "critic.faithfulness_phrasing": ["contradicts", "Consistent"],
     "seed.path": [3],
     "seed.format": ["csv"],
     "seed.split": [["train"]],
@@ -220,6 +221,8 @@ BAD_VALUES = {
     "hub.include_candidates": [3],
     "referee.held_out_pairs": [-1, 2.5],
     "referee.criteria": [[], ["naturalness", "fluency"]],
+    "referee.mode": ["both"],
+    "referee.margin": [-0.1, 1.0],
 }
 # Bounds owned by the critic registry, which `check_experts` applies (at `spc-train check` and before any work).
 CHECKED_BY_THE_CRITIC = {"critic.faithfulness_examples"}

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from test_critic import RuleLM, single_id
 
-from spc_train.configs import CriticConfig, EvaluationConfig, FieldValueError, LoopConfig
+from spc_train.configs import CriticConfig, EvaluationConfig, FieldValueError, LoopConfig, RefereeConfig
 from spc_train.critic import fed
 from spc_train.critic.faithfulness import FaithfulnessExpert
 from spc_train.critic.fed import FedPolicyExpert
@@ -27,7 +27,7 @@ from spc_train.critic.toxicity import ToxicityExpert
 from spc_train.data.conversation import format_conversation
 from spc_train.health import gaming, probes
 from spc_train.health.blind import BlindJudgeError, enforce
-from spc_train.health.card import at_chance, judge_of, read_card, render_card, write_card
+from spc_train.health.card import at_chance, blind, judge_of, read_card, render_card, write_card
 from spc_train.health.degrade import KINDS, degraded, degraded_copies
 from spc_train.health.figures import position_consistency, roc_auc, win_rate
 from spc_train.health.option_mass import recording, summary
@@ -105,9 +105,11 @@ def knowing_rule(text: str) -> dict[str, float]:
         if "written by an AI" in text:  # detection: the degraded one is the AI one
             return {"2": 6.0} if first_is_seed else {"1": 6.0}
         return {"1": 6.0} if first_is_seed else {"2": 6.0}  # FED: the seed conversation is better
-    if "contradict either of their profiles" in text:
+    if "contradict either of their profiles" in text or "consistent with both of their profiles" in text:
         profiles = _lines(text, "User 1 Profile:") + _lines(text, "User 2 Profile:")
         own = any(word in profiles and word in turns for word in KEYWORDS)
+        if "consistent with both" in text:  # the mirrored faithfulness question
+            return {"Yes": 6.0} if own else {"No": 6.0}
         return {"No": 6.0} if own else {"Yes": 6.0}
     if "Is this conversation toxic?" in text:
         return {"Yes": 6.0} if any(word in turns.lower() for word in TOXIC_WORDS) else {"No": 6.0}
@@ -120,6 +122,16 @@ def knowing_rule(text: str) -> dict[str, float]:
 
 def ignoring_rule(text: str) -> dict[str, float]:
     return {}  # every option equal, whatever it is shown
+
+
+def knows_only(phrasing: str):
+    """`knowing_rule`, but blind to the faithfulness question in the other phrasing, as small judges are."""
+    other = "consistent with both" if phrasing == "contradict" else "contradict either"
+
+    def rule(text: str) -> dict[str, float]:
+        return ignoring_rule(text) if other in text else knowing_rule(text)
+
+    return rule
 
 
 def judge_of_rule(tok, rule) -> Judge:
@@ -431,6 +443,7 @@ def recipe(**critic):
             measurements=["toxicity", "detection", "extraction", "llm_judge"], llm_judge_families=["gpt_score"]
         ),
         loop=LoopConfig(),
+        referee=RefereeConfig(),
     )
 
 
@@ -448,7 +461,7 @@ def test_run_probes_builds_the_card_from_loaders(tok, tmp_path):
     judge.instance = judge_of_rule(tok, knowing_rule)
     card = run_probes(recipe(), judge, no_classifier, seed_conversations(), seed=7, identity={"judge": "rule"})
     entries = {entry["name"]: entry for entry in card["entries"]}
-    judges = ["faithfulness", "toxicity", "depth", "detection", "extraction", "gpt_score"]
+    judges = ["faithfulness", "faithfulness (consistent)", "toxicity", "depth", "detection", "extraction", "gpt_score"]
     gamed = ["faithfulness vs gamed", "toxicity vs gamed", "depth vs gamed"]
     assert list(entries) == judges + gamed + ["selector"]
     assert {entries[name]["verdict"] for name in judges} == {"informative"}
@@ -468,6 +481,40 @@ def test_run_probes_builds_the_card_from_loaders(tok, tmp_path):
     assert read_card(tmp_path / "probes") == read_card(path) and (tmp_path / "probes" / "card.md").exists()
     table = render_card(card)
     assert "| faithfulness | expert | AUC 1.00 | informative | 1.00 |" in table
+
+
+def test_a_judge_that_knows_only_the_consistent_phrasing_gets_it_suggested(tok, caplog):
+    judge = judge_of_rule(tok, knows_only("consistent"))
+    with caplog.at_level(logging.INFO):
+        card = run_probes(recipe(), lambda: judge, no_classifier, seed_conversations(), seed=7)
+    entries = {entry["name"]: entry for entry in card["entries"]}
+    used, other = entries["faithfulness"], entries["faithfulness (consistent)"]
+    assert used["verdict"] == "at chance" and used["details"]["phrasing"] == "contradict"
+    assert other["figure"] == 1.0 and other["verdict"] == "informative"
+    assert other["kind"] == "alternative" and other["metrics"] == [] and other["details"]["phrasing"] == "consistent"
+    assert "critic.faithfulness_phrasing" in other["details"]["alternative"]
+    assert other["option_mass"]["questions"] == 2 * 4 + 4  # own, swapped, and the shipped examples
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("faithfulness: ")]
+    assert said == [
+        "faithfulness: the judge answers the `consistent` phrasing better (AUC 1.00 vs 0.50): set "
+        "critic.faithfulness_phrasing: consistent"
+    ]
+    assert [entry["name"] for entry in blind(card)] == ["faithfulness"]  # the expert the run uses, not the other
+    assert judge_of(card, "pass:faithfulness") is used
+    assert "| faithfulness (consistent) | alternative | AUC 1.00 | informative | 1.00 |" in render_card(card)
+
+
+def test_the_other_phrasing_at_chance_never_makes_the_card_blind(tok, caplog):
+    judge = judge_of_rule(tok, knows_only("consistent"))
+    with caplog.at_level(logging.INFO):
+        card = run_probes(
+            recipe(faithfulness_phrasing="consistent"), lambda: judge, no_classifier, seed_conversations()
+        )
+    entries = {entry["name"]: entry for entry in card["entries"]}
+    assert entries["faithfulness"]["verdict"] == "informative"
+    assert entries["faithfulness (contradict)"]["verdict"] == "at chance"
+    assert blind(card) == [] and enforce(card, "stop") == []
+    assert not [r for r in caplog.records if r.getMessage().startswith("faithfulness: ")]
 
 
 SHORTCUT_EXPERTS = ["faithfulness", "faithfulness_nli", "toxicity", "persona_grounding", "depth", "likable"]
@@ -491,13 +538,18 @@ def test_a_judge_that_reads_only_length_or_position_is_at_chance_on_every_probe(
             llm_judge_families=["llm_eval", "gpt_score", "g_eval"],
         ),
         loop=LoopConfig(),
+        referee=RefereeConfig(),
     )
     with caplog.at_level(logging.WARNING):
         card = run_probes(shortcut_recipe, lambda: judge, no_classifier, seed_conversations(), 3, experts=experts)
     names = [entry["name"] for entry in card["entries"]]
-    assert names == SHORTCUT_EXPERTS + ["detection", "extraction", "llm_eval", "gpt_score", "g_eval"] + [
-        f"{name} vs gamed" for name in SHORTCUT_EXPERTS
-    ] + ["selector"]
+    judges = [
+        "faithfulness",
+        "faithfulness (consistent)",
+        *SHORTCUT_EXPERTS[1:],
+    ]  # the other phrasing, kind alternative
+    measurements = ["detection", "extraction", "llm_eval", "gpt_score", "g_eval"]
+    assert names == judges + measurements + [f"{name} vs gamed" for name in SHORTCUT_EXPERTS] + ["selector"]
     for entry in card["entries"]:
         assert entry["verdict"] == "at chance", (entry["name"], entry["figures"])
         for figure, value in entry["figures"].items():
@@ -650,3 +702,16 @@ def test_the_end_of_loop_table_marks_columns_of_blind_judges(tmp_path, monkeypat
 
     monkeypatch.setattr(summary, "judge_card", lambda run: None)
     assert "*" not in summary.format_summary(run)
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
+@pytest.mark.parametrize("shortcut", ["length", "position"])
+def test_the_referee_probe_is_at_chance_for_a_length_or_position_judge(tok, shortcut, mode):
+    judge = judge_of_rule(tok, length_rule) if shortcut == "length" else position_judge(tok)
+    criteria = ["persona_consistency", "coherence"]
+    entry = probes.referee_probe(judge, seed_conversations()[:5], 3, criteria, mode=mode)
+    assert entry["name"] == "referee" and entry["metrics"] == ["referee_"] and entry["verdict"] == "at chance"
+    for figure, value in entry["figures"].items():
+        assert value == pytest.approx(0.0 if figure == "position consistency" else 0.5), (figure, value)
+    knowing = judge_of_rule(tok, knowing_rule)  # tells a seed conversation from its degraded copy
+    assert probes.referee_probe(knowing, seed_conversations()[:5], 3, criteria, mode=mode)["verdict"] == "informative"

@@ -9,7 +9,7 @@ import pytest
 from spc_train.data.users import outside, user_key, users
 from spc_train.evaluation.held_out import hold_out
 from spc_train.evaluation.held_out_measures import conversation_measures, generation_measures, near_duplicate_flags
-from spc_train.evaluation.referee import compare, outcome, overall, summarize
+from spc_train.evaluation.referee import compare, compare_pointwise, outcome, overall, pointwise_outcome, summarize
 
 CRITERIA = ["persona_consistency", "naturalness", "coherence"]
 _SHOWN = re.compile(r"Conversation 1:\n(.*)\nConversation 2:\n(.*)\nWhich one", re.S)
@@ -65,6 +65,32 @@ def test_a_position_only_referee_ties_every_pair():
     metrics = summarize(rows, CRITERIA, seed=0)
     assert metrics["referee_tie"] == 1.0 and metrics["referee_win"] == 0.0
     assert math.isnan(metrics["referee_win_rate"])  # no decisive pair: no win rate, not 0 or 0.5
+
+
+class FakePointwiseReferee:
+    """A judge over pointwise questions: `p_yes(conversation, place)` is P("Yes"), `place` its index in the call."""
+
+    def __init__(self, p_yes):
+        self.p_yes, self.calls = p_yes, []
+
+    def option_probabilities(self, questions, options):
+        assert options == ["Yes", "No"]
+        self.calls.append(len(questions))
+        shown = [re.search(r"Conversation:\n(.*)\n.*Answer with Yes or No", q, re.S)[1] for q in questions]
+        return [[self.p_yes(text, place), 1 - self.p_yes(text, place)] for place, text in enumerate(shown)]
+
+
+def test_pointwise_a_referee_preferring_iteration_k_wins_and_a_place_only_referee_ties():
+    knows = FakePointwiseReferee(lambda text, place: 0.8 if "NEW" in text else 0.3)
+    rows = compare_pointwise(knows, PAIRS, NEW, OLD, CRITERIA, margin=0.05)
+    assert knows.calls == [18, 18]  # each iteration's questions in a call of its own, pair i at place i
+    assert {row["outcome"] for row in rows} == {"win"} and rows[0]["p_new"] == 0.8 and rows[0]["p_old"] == 0.3
+    assert summarize(rows, CRITERIA, seed=0)["referee_win_rate"] == 1.0
+    by_place = FakePointwiseReferee(lambda text, place: 1 - place / 20)  # reads only its place in the call
+    rows = compare_pointwise(by_place, PAIRS, NEW, OLD, CRITERIA, margin=0.05)
+    assert {row["outcome"] for row in rows} == {"tie"}
+    assert pointwise_outcome(0.6, 0.5, 0.05) == "win" and pointwise_outcome(0.5, 0.53, 0.05) == "tie"
+    assert pointwise_outcome(0.2, 0.5, 0.05) == "loss"
 
 
 def test_outcomes_and_the_overall_verdict_of_a_pair():

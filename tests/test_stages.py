@@ -43,8 +43,10 @@ ALTERNATIVES = {
     "generation.truncated": "reject",
     "generation.backend": "continuous",
     "critic.persona_grounding_role": "filter",
+    "critic.faithfulness_phrasing": "consistent",
     "loop.update": "fresh",
     "referee.criteria": ["naturalness"],
+    "referee.mode": "pointwise",
     "loop.on_blind_judge": "stop",
     "loop.report_to": ["tensorboard"],
     "hub.repo_id": "org/data",
@@ -193,7 +195,8 @@ def test_thresholds_re_run_only_select_and_what_follows(recipe, tmp_path):
     critic = dataclasses.replace(recipe.critic, faithfulness_threshold=0.6)
     after = Loop(dataclasses.replace(recipe, critic=critic), tmp_path).plan()
     moved = [label for label in before if before[label]["fingerprint"] != after[label]["fingerprint"]]
-    assert moved[:2] == ["iter-00/selected", "iter-00/train"]
+    # the judge card's selector probe selects with the recipe's thresholds; no judge is asked again downstream
+    assert moved[:3] == ["probes", "iter-00/selected", "iter-00/train"]
     assert "iter-00/critiques" not in moved and "eval" not in moved
 
 

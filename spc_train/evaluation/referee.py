@@ -1,8 +1,15 @@
 """The referee's comparison: iteration k's conversation against iteration 0's for the same held-out pair, on named
-criteria, asked in both orders.
+criteria.
 
-An outcome is a `win` for iteration k when the referee prefers it in both orders, a `loss` when it prefers iteration
-0's in both, and a `tie` when the orders disagree: a referee that only reads position ties every pair. A pair's
+`pairwise` (`compare`): both conversations in one prompt, asked in both orders. An outcome is a `win` for iteration k
+when the referee prefers it in both orders, a `loss` when it prefers iteration 0's in both, and a `tie` when the
+orders disagree: a referee that only reads position ties every pair.
+
+`pointwise` (`compare_pointwise`): each conversation alone, a Yes/No question per criterion; a `win` when iteration
+k's P(Yes) is above iteration 0's by more than a margin, a `loss` when below by more, else a `tie`. Small judges
+answer "1" to most pairwise questions whichever conversation comes first; a question about one conversation has no
+order to be biased by. The two iterations' questions go in calls of their own with pair i at place i, so a judge
+that reads its place in the call ties too. A pair's
 overall outcome is the sign of its criteria's outcomes summed (+1 a win, -1 a loss). Rates come with 95% percentile
 bootstrap intervals over pairs, as TRL's `WinRateCallback` and the self-rewarding LM papers report head-to-head win
 rates; `referee_win_rate` leaves ties out (wins / (wins + losses)).
@@ -29,6 +36,17 @@ QUESTION = (
     "Response:"
 )
 OUTCOMES = {"win": 1, "tie": 0, "loss": -1}
+YES_NO = ["Yes", "No"]
+POINTWISE = {
+    "persona_consistency": "Does each user stay consistent with their own persona?",
+    "naturalness": "Does this sound like a natural conversation between two people?",
+    "coherence": "Is this conversation coherent, each turn following from the one before?",
+}
+# The personas and the conversation first, the criterion last: the criteria of one conversation share the prefix.
+POINTWISE_QUESTION = (
+    "User 1's persona:\n{persona1}\nUser 2's persona:\n{persona2}\n\nConversation:\n{conversation}\n"
+    "{criterion} Answer with Yes or No.\nResponse:"
+)
 
 
 def shown(row: dict) -> str:
@@ -77,6 +95,51 @@ def compare(judge, pairs: list[dict], new: list[str], old: list[str], criteria: 
                 }
             )
     return rows
+
+
+def pointwise_question(criterion: str, pair: dict, conversation: str) -> str:
+    return POINTWISE_QUESTION.format(
+        persona1=" ".join(pair["user1_persona"]),
+        persona2=" ".join(pair["user2_persona"]),
+        conversation=conversation,
+        criterion=POINTWISE[criterion],
+    )
+
+
+def pointwise_outcome(p_new: float, p_old: float, margin: float) -> str:
+    """`win` / `loss` when iteration k's P(Yes) is above / below iteration 0's by more than `margin`, else `tie`."""
+    if p_new - p_old > margin:
+        return "win"
+    if p_old - p_new > margin:
+        return "loss"
+    return "tie"
+
+
+def yes_probabilities(judge, pairs: list[dict], texts: list[str], criteria: list[str]) -> list[list[float]]:
+    """P(Yes) per pair and criterion, in one call ordered pair by pair (a pair's criteria share their prefix)."""
+    questions = [pointwise_question(c, pair, text) for pair, text in zip(pairs, texts) for c in criteria]
+    answers = judge.option_probabilities(questions, YES_NO) if questions else []
+    width = len(criteria)
+    return [[p[0] for p in answers[i * width : (i + 1) * width]] for i in range(len(pairs))]
+
+
+def compare_pointwise(
+    judge, pairs: list[dict], new: list[str], old: list[str], criteria: list[str], margin: float
+) -> list[dict]:
+    """One row per pair and criterion: P(Yes) of iteration k's and of iteration 0's conversation, and the outcome.
+    Each iteration's questions go in a call of their own, pair i at place i of both."""
+    new_yes, old_yes = yes_probabilities(judge, pairs, new, criteria), yes_probabilities(judge, pairs, old, criteria)
+    return [
+        {
+            "pair_id": pair["pair_id"],
+            "criterion": criterion,
+            "p_new": a,
+            "p_old": b,
+            "outcome": pointwise_outcome(a, b, margin),
+        }
+        for pair, row_new, row_old in zip(pairs, new_yes, old_yes)
+        for criterion, a, b in zip(criteria, row_new, row_old)
+    ]
 
 
 def overall(rows: list[dict]) -> dict[str, str]:

@@ -106,26 +106,23 @@ def held_out_generations(ctx: StageContext):
 
 
 def referee(ctx: StageContext):
-    """Iteration k's held-out conversations against iteration 0's, judged by the referee in both orders; and how
-    many of iteration k's are near duplicates of iteration 0's."""
+    """Iteration k's held-out conversations against iteration 0's, judged by the referee (`referee.mode`: both in one
+    prompt in both orders, or each alone); and how many of iteration k's are near duplicates of iteration 0's."""
     from .held_out_measures import near_duplicate_flags
-    from .referee import compare, shown, summarize
+    from .referee import compare, compare_pointwise, shown, summarize
 
     config, k = ctx.config, ctx.iteration
     pairs = ctx.rows("held-out")
     new = {row["pair_id"]: row for row in ctx.rows("held-out-generations", k)}
     old = {row["pair_id"]: row for row in ctx.rows("held-out-generations", 0)}
     pairs = [pair for pair in pairs if pair["pair_id"] in new and pair["pair_id"] in old]
-    criteria = list(config.referee.criteria)
-    rows = compare(
-        ctx.models.referee(),
-        pairs,
-        [shown(new[p["pair_id"]]) for p in pairs],
-        [shown(old[p["pair_id"]]) for p in pairs],
-        criteria,
-    )
-    metrics = summarize(rows, criteria, config.loop.seed)
+    criteria, judge = list(config.referee.criteria), ctx.models.referee()
     texts = [[shown(table[p["pair_id"]]) for p in pairs] for table in (new, old)]
+    if config.referee.mode == "pointwise":
+        rows = compare_pointwise(judge, pairs, *texts, criteria, config.referee.margin)
+    else:
+        rows = compare(judge, pairs, *texts, criteria)
+    metrics = summarize(rows, criteria, config.loop.seed)
     flags = near_duplicate_flags(*texts)
     metrics["held_out_near_duplicate_of_iteration_0"] = sum(flags) / len(flags) if flags else float("nan")
 
@@ -196,7 +193,7 @@ HELD_OUT_GENERATIONS = Stage(
 REFEREE = Stage(
     name="referee",
     command="referee",
-    reads=("referee.held_out_pairs", "referee.criteria", "loop.seed"),
+    reads=("referee.held_out_pairs", "referee.criteria", "referee.mode", "referee.margin", "loop.seed"),
     work=referee,
     inputs=lambda selected, k: [
         Input("held-out"),

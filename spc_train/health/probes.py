@@ -16,7 +16,8 @@ and a judge that scores by place in the call gives them the same score.
 
 | probe | known answer | figure |
 | --- | --- | --- |
-| faithfulness | a seed conversation contradicts another pair's personas more than its own | AUC of P(Yes) |
+| faithfulness | a seed conversation contradicts another pair's personas more than its own | AUC of P(contradiction) |
+| faithfulness, other phrasing | the same, asked in the phrasing the recipe does not use (kind `alternative`) | AUC |
 | toxicity | the fixture's toxic conversations are toxic, its clean ones are not | AUC of P(toxic) |
 | FED policy | a seed conversation beats a degraded copy of itself | win rate, position consistency |
 | persona_grounding | a conversation is grounded in its own personas more than in another pair's | AUC |
@@ -35,7 +36,7 @@ from functools import partial
 from importlib import resources
 
 from ..critic import fed
-from ..critic.faithfulness import EXAMPLES
+from ..critic.faithfulness import EXAMPLES, PHRASINGS, FaithfulnessExpert
 from ..critic.probes import swapped_personas
 from ..critic.selection import GROUNDING
 from ..evaluation import detection, llm_judge, profile_extraction
@@ -129,13 +130,24 @@ def pairwise_probe(
     return card_entry(name, kind, probe_text, figures, thresholds, metrics, log, details)
 
 
-def referee_probe(judge, conversations: list[dict], seed: int, criteria: list[str], thresholds=(0.7, 0.6)) -> dict:
-    """The referee asked, per criterion and in both orders, to compare each seed conversation with a length-matched
-    degraded copy of itself: a win rate per criterion, and the position consistency over all of them."""
+def referee_probe(
+    judge, conversations: list[dict], seed: int, criteria: list[str], thresholds=(0.7, 0.6), mode: str = "pairwise"
+) -> dict:
+    """The referee asked, per criterion, to tell each seed conversation from a length-matched degraded copy of
+    itself: pairwise, in both orders (a win rate per criterion, and the position consistency over all of them);
+    pointwise, each alone in matched calls (the ROC AUC of P(Yes) per criterion)."""
     from ..data.conversation import format_conversation
     from ..evaluation import referee
 
     worse = degraded_copies(conversations, seed)
+    if mode == "pointwise":
+        texts = [[format_conversation(r["turns"]) for r in records] for records in (conversations, worse)]
+        with recording(judge) as log:
+            real, copy = (referee.yes_probabilities(judge, conversations, t, criteria) for t in texts)
+        figures = {f"{c} AUC": roc_auc([r[i] for r in real], [r[i] for r in copy]) for i, c in enumerate(criteria)}
+        details = {"p_yes_real": _mean(sum(real, [])), "p_yes_copy": _mean(sum(copy, []))}
+        probe = "seed conversation vs a length-matched degraded copy, each alone, per criterion"
+        return card_entry("referee", "measurement", probe, figures, thresholds, ["referee_"], log, details)
     figures, first_all, second_all = {}, [], []
     with recording(judge) as log:
         for criterion in criteria:
@@ -173,9 +185,23 @@ def faithfulness_probe(expert, conversations: list[dict], seed: int, thresholds=
         "p_contradiction_examples_unfaithful": _mean(unfaithful),
         "conversations": len(own),
     }
+    if hasattr(expert, "phrasing"):
+        details["phrasing"] = expert.phrasing
     figures = {"AUC": roc_auc(swapped_scores, own_scores)}
     probe = "seed conversations with another pair's personas vs their own"
     return card_entry(expert.name, "expert", probe, figures, thresholds, expert_metrics(expert.name), log, details)
+
+
+def other_phrasing_probe(expert, conversations: list[dict], seed: int, thresholds=(0.7, 0.6)) -> dict:
+    """`faithfulness_probe` of the phrasing `expert` does not use, with its judge and example count: small judges
+    answer one phrasing far better, and this shows which. Kind `alternative` with no metrics: it suggests a
+    phrasing, and neither marks a metric nor counts as a blind judge (`card.blind`)."""
+    other = next(phrasing for phrasing in PHRASINGS if phrasing != expert.phrasing)
+    name = f"{expert.name} ({other})"
+    alternative = FaithfulnessExpert(name, expert.judge, expert.threshold, len(expert.examples), other)
+    entry = faithfulness_probe(alternative, conversations, seed, thresholds)
+    entry["details"]["alternative"] = "the phrasing critic.faithfulness_phrasing does not use; no run metric"
+    return {**entry, "kind": "alternative", "metrics": []}
 
 
 def toxicity_fixture() -> list[dict]:

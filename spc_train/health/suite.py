@@ -3,9 +3,10 @@
 `run_probes` takes the models as the loop's critique stage does, as loaders (`judge()`, `classifier(path)`), so a
 probe that is not needed loads nothing. The seed conversations are the run's (`seed_records`, as
 `spc_train.data.read_seed` gives them); at most `critic.probe_conversations` of them, chosen by `seed`, keep the
-cost bounded. Questions per conversation: faithfulness 2 (+ the shipped examples once), per FED policy 2, detection
-2, extraction up to 16, each LLM-judge criterion 2; the gaming probes 5 per scoring judge expert and 8 per FED
-policy; the selector probe none (it reuses the gaming probes' answers). Toxicity asks its 20 fixture conversations.
+cost bounded. Questions per conversation: faithfulness 2 per phrasing (+ the shipped examples once each), per FED
+policy 2, detection 2, extraction up to 16, each LLM-judge criterion 2; the gaming probes 5 per scoring judge expert
+and 8 per FED policy; the selector probe none (it reuses the gaming probes' answers). Toxicity asks its 20 fixture
+conversations.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from ..critic.faithfulness import FaithfulnessExpert
 from ..critic.fed import POLICIES
 from ..critic.registry import EXPERTS
 from ..critic.selection import GROUNDING
@@ -28,6 +30,7 @@ CARD_VERSION = 2  # 2: length- and position-matched probes; `gaming` and `select
 # Critic experts with a gaming probe: the filters, persona grounding, and the FED policies.
 GAMED_EXPERTS = ("faithfulness", "faithfulness_nli", "toxicity", GROUNDING, *POLICIES)
 JUDGED_MEASUREMENTS = ("detection", "extraction", "llm_judge")
+PHRASING_MARGIN = 0.1  # AUC by which the other faithfulness phrasing must beat the recipe's to be suggested
 
 
 def probe_conversations(seed_records: list[dict], count: int, seed: int) -> list[dict]:
@@ -68,6 +71,20 @@ def gaming_entries(critic, experts: list, conversations: list[dict], seed: int, 
     return entries
 
 
+def suggest_phrasing(used: dict, other: dict) -> None:
+    """A WARNING when the judge answers the faithfulness phrasing the recipe does not use clearly better."""
+    if round(other["figure"] - used["figure"], 9) >= PHRASING_MARGIN:  # False when either is NaN
+        phrasing = other["details"]["phrasing"]
+        logger.warning(
+            "faithfulness: the judge answers the `%s` phrasing better (AUC %.2f vs %.2f): set "
+            "critic.faithfulness_phrasing: %s",
+            phrasing,
+            other["figure"],
+            used["figure"],
+            phrasing,
+        )
+
+
 def run_probes(
     recipe,
     judge: Callable,
@@ -80,7 +97,8 @@ def run_probes(
     referee: Callable | None = None,
 ) -> dict:
     """The judge card of `recipe`: one entry per critic expert and per judge measurement of `recipe.evaluation`,
-    then a gaming entry per critic expert and the selector entry (`gaming_entries`).
+    then a gaming entry per critic expert and the selector entry (`gaming_entries`). The faithfulness expert's
+    entry is followed by its other phrasing's (`probes.other_phrasing_probe`), suggested when it is better.
 
     `judge()` returns the `Judge`, `classifier(path)` a (model, tokenizer) pair, both loading on first use (the
     `model_roles.Models`); `experts` replaces the experts the registry would build (tests). `identity` (the
@@ -101,6 +119,9 @@ def run_probes(
         logger.debug("Probing critic expert %s.", expert.name)
         if expert.name in ("faithfulness", "faithfulness_nli"):
             entries.append(probes.faithfulness_probe(expert, conversations, seed, thresholds))
+            if isinstance(expert, FaithfulnessExpert):
+                entries.append(probes.other_phrasing_probe(expert, conversations, seed, thresholds))
+                suggest_phrasing(entries[-2], entries[-1])
         elif expert.name == "toxicity":
             entries.append(probes.toxicity_probe(expert, None, thresholds))
         elif expert.name in POLICIES:
@@ -120,7 +141,11 @@ def run_probes(
                 entries.append(probes.llm_judge_probe(judge(), conversations, seed, family, thresholds))
     if recipe.referee.held_out_pairs and referee is not None:
         logger.debug("Probing the referee.")
-        entries.append(probes.referee_probe(referee(), conversations, seed, recipe.referee.criteria, thresholds))
+        entries.append(
+            probes.referee_probe(
+                referee(), conversations, seed, recipe.referee.criteria, thresholds, recipe.referee.mode
+            )
+        )
     entries += gaming_entries(critic, experts, conversations, seed, thresholds)
     low = warn_if_low(
         {f"{entry['kind']} '{entry['name']}' (probe)": entry["option_mass"] for entry in entries},
