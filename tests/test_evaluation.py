@@ -249,7 +249,9 @@ def _section_tables(text):
 
 # One metric per evaluator family, deliberately shuffled: rows must follow the sections, not this order.
 SECTION_METRICS = {
+    "held_out_words_mean": {"seed": 90.0, "iter-00": 60.0},  # before the critic's "_mean" suffix
     "gpt_score_fluency": {"seed": 40.0, "iter-00": 61.5},
+    "referee_win_rate": {"iter-00": 0.75},
     "sft_loss": {"iter-00": 1.25},
     "detection_items": {"iter-00": 12},
     "my_new_metric": {"seed": 0.3, "iter-00": 0.4},
@@ -273,6 +275,7 @@ SECTION_METRICS = {
     "toxicity_mean_unused": {"seed": 1.0},  # no prefix/suffix match: not a "_mean" suffix
 }
 EXPECTED_SECTIONS = {
+    "Referee: iteration k against iteration 0 on held-out pairs": ["referee_win_rate", "held_out_words_mean"],
     "Dataset statistics": ["conversations", "distinct_1"],
     "Toxicity": ["toxicity_strong", "toxicity_mean"],
     "Next-utterance prediction (IR baseline, hit@1)": ["ir_seed_to_self_none", "ir_self_to_seed_persona"],
@@ -314,8 +317,8 @@ def test_write_report_groups_metrics_into_sections_in_order(tmp_path):
     assert {heading: [row[0] for row in rows] for heading, (_, rows) in tables.items()} == EXPECTED_SECTIONS
     # Every section comes before the critic score / pass-rate parts, with its own plot linked under its table.
     assert text.index("## Other metrics") < text.index("## Pass rates")
-    slugs = [section.slug for section in SECTIONS] + ["other"]
-    for heading, slug in zip(tables, slugs):
+    slug_of = {section.title: section.slug for section in SECTIONS} | {OTHER.title: OTHER.slug}
+    for heading, slug in ((heading, slug_of[heading]) for heading in tables):
         body = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
         assert f"](metrics-{slug}.png)" in body
         data = (tmp_path / f"metrics-{slug}.png").read_bytes()
